@@ -1,0 +1,27 @@
+"""CIFAR-10 configs (and its offline JPEG copy, `cifar10_jpeg`).
+
+  python launch.py --config=configs/cifar10.py:tanh_mse,paper --workdir=W
+
+trains the paper's DenseNet-40 on CIFAR-10 (a GPU job). Without access to the
+real CIFAR-10, use the JPEG copy, which is a different dataset and is always
+reported as `cifar10_jpeg`:
+
+  python launch.py --config=configs/cifar10.py:tanh_mse,cpu --workdir=W \
+    --config.data.name=cifar10_jpeg --config.data.manual_dir=DIR
+
+Words after the colon: a preset (softmax_ce, softmax_mse, tanh_mse; default
+tanh_mse) and a size (paper, cpu, smoke; default paper).
+"""
+
+from configs import common
+
+
+def get_config(arg=None):
+  c = common.get_config('cifar10', arg)
+  if c.size == 'paper':
+    c.train.num_epochs = 300  # The DenseNet paper's CIFAR schedule.
+  if c.size != 'smoke':
+    c.train.augment = 'flip_crop'
+  if c.size == 'cpu':
+    c.train.num_epochs = 10
+  return c

@@ -1,0 +1,119 @@
+"""Shared config for every dataset: the three models, sizes and defaults.
+
+The presets are the paper's models (Saito & Roy, Section 4.2):
+  softmax_ce   O:SOFTMAX:CE   softmax outputs, one-hot targets, cross-entropy;
+  softmax_mse  O:SOFTMAX:MSE  softmax outputs, one-hot targets, MSE;
+  tanh_mse     R:TANH:MSE     tanh outputs of d=128, secret codebook, MSE.
+The sizes are `paper` (DenseNet-40, growth 12: for a GPU), `cpu` (a small
+DenseNet that trains in minutes on two CPU cores) and `smoke` (seconds, for
+tests).
+"""
+
+from ml_collections import config_dict
+
+from mlrobust import config_lib
+
+PRESETS = ('softmax_ce', 'softmax_mse', 'tanh_mse')
+SIZES = ('paper', 'cpu', 'smoke')
+_HEADS = {
+    # preset: (activation, targets, loss)
+    'softmax_ce': ('softmax', 'onehot', 'ce'),
+    'softmax_mse': ('softmax', 'onehot', 'mse'),
+    'tanh_mse': ('tanh', 'codebook', 'mse'),
+}
+
+
+def get_config(dataset: str, arg: str | None, num_classes: int = 10):
+  """The config of `dataset` for the words in `arg` (see module docstring)."""
+  preset, size = config_lib.parse_arg(arg, presets=PRESETS, sizes=SIZES,
+                                      default_preset='tanh_mse',
+                                      default_size='paper')
+  activation, targets, loss = _HEADS[preset]
+  c = config_dict.ConfigDict()
+  c.preset = preset
+  c.size = size
+  c.seed = 0
+
+  c.data = config_dict.ConfigDict()
+  c.data.name = dataset
+  c.data.data_dir = config_dict.placeholder(str)  # None: TFDS's default.
+  c.data.manual_dir = config_dict.placeholder(str)
+  c.data.download = True  # False: only prepare from local files.
+  c.data.num_train = 0  # 0 = the whole split.
+  c.data.num_test = 0
+
+  c.model = config_dict.ConfigDict()
+  c.model.name = 'densenet'
+  c.model.depth = 40
+  c.model.growth_rate = 12
+  c.model.num_blocks = 3
+  c.model.bottleneck = False
+  c.model.compression = 1.0
+  c.model.dropout_rate = 0.0
+  c.model.stem_features = config_dict.placeholder(int)
+  c.model.stem_stride = 1
+
+  c.head = config_dict.ConfigDict()
+  c.head.activation = activation
+  c.head.targets = targets
+  # Width of the output; one-hot targets need the number of classes.
+  c.head.dim = 128 if targets == 'codebook' else num_classes
+  # Secret; None reads $MLROBUST_CODEBOOK_KEY, else a random key is drawn once
+  # and only the codebook (in the workdir) is kept. Never logged or saved.
+  c.head.codebook_key = config_dict.placeholder(int)
+  c.loss = loss
+
+  # Paper scale: the DenseNet paper's SGD recipe (the Saito & Roy paper does
+  # not give its training schedule).
+  c.optimizer = config_dict.ConfigDict()
+  c.optimizer.name = 'sgd'
+  c.optimizer.learning_rate = 0.1
+  c.optimizer.momentum = 0.9
+  c.optimizer.nesterov = True
+  c.optimizer.weight_decay = 1e-4
+  c.optimizer.schedule = 'piecewise'  # x0.1 at 50% and 75% of training.
+  c.optimizer.warmup_epochs = 0.0
+
+  c.train = config_dict.ConfigDict()
+  c.train.batch_size = 64
+  c.train.num_epochs = 40
+  c.train.augment = 'none'
+  c.train.log_every_steps = 100
+  c.train.checkpoint_every_steps = 0  # 0: at the end of every epoch only.
+
+  c.eval = config_dict.ConfigDict()
+  c.eval.batch_size = 500
+
+  if size == 'cpu':
+    # DenseNet-13, growth 8, stride-2 stem: ~40k parameters.
+    c.model.depth = 13
+    c.model.growth_rate = 8
+    c.model.stem_stride = 2
+    c.optimizer.name = 'adam'
+    c.optimizer.learning_rate = 3e-3
+    c.optimizer.momentum = 0.0
+    c.optimizer.nesterov = False
+    c.optimizer.weight_decay = 0.0
+    c.optimizer.schedule = 'cosine'
+    c.optimizer.warmup_epochs = 0.2
+    c.train.batch_size = 128
+    c.train.num_epochs = 6
+    c.train.log_every_steps = 50
+  elif size == 'smoke':
+    c.model.depth = 7  # One composite layer per block.
+    c.model.growth_rate = 4
+    c.model.stem_features = 4
+    c.model.stem_stride = 2
+    c.optimizer.name = 'adam'
+    c.optimizer.learning_rate = 1e-3
+    c.optimizer.momentum = 0.0
+    c.optimizer.nesterov = False
+    c.optimizer.weight_decay = 0.0
+    c.optimizer.schedule = 'constant'
+    c.data.num_train = 256
+    c.data.num_test = 128
+    c.train.batch_size = 32
+    c.train.num_epochs = 2
+    c.train.log_every_steps = 4
+    c.eval.batch_size = 64
+  return c

@@ -1,0 +1,14 @@
+"""fashion_mnist configs.
+
+  python launch.py --config=configs/fashion_mnist.py:tanh_mse,cpu --workdir=/tmp/fashion_mnist_tanh_mse
+
+trains the R:TANH:MSE model (cpu size) and prints its clean test accuracy.
+Words after the colon: a preset (softmax_ce, softmax_mse, tanh_mse; default
+tanh_mse) and a size (paper, cpu, smoke; default paper). See configs/common.py.
+"""
+
+from configs import common
+
+
+def get_config(arg=None):
+  return common.get_config('fashion_mnist', arg)

@@ -1,0 +1,47 @@
+r"""Entry point: `python launch.py --config=configs/mnist.py:tanh_mse --workdir=W`.
+
+Modes (--mode): train (train or resume the run in the workdir, then print its
+clean test accuracy). Every config field can be overridden with
+--config.a.b=value; see configs/common.py for the fields.
+"""
+
+import json
+import sys
+
+from absl import app
+from absl import flags
+from absl import logging
+from ml_collections import config_flags
+
+from mlrobust import config_lib
+from mlrobust import train
+
+_CONFIG = config_flags.DEFINE_config_file(
+    'config', None, 'Config file, e.g. configs/mnist.py:tanh_mse,cpu.',
+    lock_config=True)
+_WORKDIR = flags.DEFINE_string('workdir', None,
+                               'Directory for checkpoints and results.')
+MODES = {'train': train.train_and_evaluate}
+_MODE = flags.DEFINE_enum('mode', 'train', sorted(MODES), 'What to run.')
+flags.mark_flags_as_required(['config', 'workdir'])
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f'unexpected arguments: {argv[1:]}')
+  config = _CONFIG.value
+  try:
+    config_lib.validate(config)
+  except ValueError as e:
+    sys.exit(f'error: {e}')
+  logging.info('Config (secrets redacted):\n%s',
+               json.dumps(config_lib.public_dict(config), indent=2))
+  result = MODES[_MODE.value](config, _WORKDIR.value)
+  if _MODE.value == 'train':
+    print(f'clean test accuracy: {result["test_accuracy"]:.4f} on '
+          f'{result["num_test"]} {result["dataset"]} test images '
+          f'(step {result["step"]}, {result["wall_s"]:.0f} s)')
+
+
+if __name__ == '__main__':
+  app.run(main)

@@ -1,0 +1,138 @@
+"""Config helpers: preset words after the colon, validation and redaction.
+
+`parse_arg('tanh_mse,cpu', presets=..., sizes=...)` splits the text after the
+colon of `--config=configs/mnist.py:tanh_mse,cpu` and rejects unknown words;
+`validate(config)` checks values before any work starts; `public_dict(config)`
+is the config with its secrets removed, as written to config.json.
+"""
+
+import os
+from typing import Sequence
+
+from ml_collections import config_dict
+
+from mlrobust import data
+from mlrobust import heads
+from mlrobust import losses
+from mlrobust.models import densenet
+
+CODEBOOK_KEY_ENV = 'MLROBUST_CODEBOOK_KEY'
+SECRET_FIELDS = (('head', 'codebook_key'),)
+OPTIMIZERS = ('sgd', 'adam', 'adamw')
+SCHEDULES = ('constant', 'cosine', 'piecewise')
+AUGMENTATIONS = ('none', 'flip_crop', 'crop')
+
+
+def parse_arg(arg: str | None, *, presets: Sequence[str],
+              sizes: Sequence[str], default_preset: str,
+              default_size: str) -> tuple[str, str]:
+  """(preset, size) from a comma-separated config argument.
+
+  Raises:
+    ValueError: an unknown word, or two presets or sizes.
+  """
+  preset, size = None, None
+  for word in filter(None, (w.strip() for w in (arg or '').split(','))):
+    if word in presets and preset is None:
+      preset = word
+    elif word in sizes and size is None:
+      size = word
+    else:
+      raise ValueError(
+          f'config argument {word!r} is unknown or repeated in {arg!r}; give '
+          f'at most one preset from {list(presets)} and one size from '
+          f'{list(sizes)}, e.g. "tanh_mse,cpu"')
+  return preset or default_preset, size or default_size
+
+
+def _check(ok, message):
+  if not ok:
+    raise ValueError(f'invalid config: {message}')
+
+
+def validate(config: config_dict.ConfigDict) -> None:
+  """Checks a full config; raises ValueError saying what is allowed."""
+  _, num_classes = data.info(config.data.name)
+  _check(config.data.num_train >= 0, 'data.num_train must be >= 0 (0 = all)')
+  _check(config.data.num_test >= 0, 'data.num_test must be >= 0 (0 = all)')
+  m = config.model
+  _check(m.name == 'densenet', f'model.name {m.name!r}; allowed: densenet')
+  _check(m.growth_rate >= 1, 'model.growth_rate must be >= 1')
+  _check(m.num_blocks >= 1, 'model.num_blocks must be >= 1')
+  _check(0 < m.compression <= 1, 'model.compression must be in (0, 1]')
+  _check(0 <= m.dropout_rate < 1, 'model.dropout_rate must be in [0, 1)')
+  _check(m.stem_stride in (1, 2), 'model.stem_stride must be 1 or 2')
+  try:
+    densenet.layers_per_block(m.depth, m.num_blocks, m.bottleneck)
+  except ValueError as e:
+    raise ValueError(f'invalid config: model.depth: {e}') from None
+  h = config.head
+  _check(h.activation in heads.ACTIVATIONS and h.activation != 'identity',
+         f'head.activation {h.activation!r}; allowed: softmax, tanh')
+  _check(h.targets in heads.TARGETS,
+         f'head.targets {h.targets!r}; allowed: {list(heads.TARGETS)}')
+  _check(h.dim >= 1, f'head.dim must be >= 1, got {h.dim}')
+  if h.targets == 'onehot':
+    _check(h.dim == num_classes,
+           f'one-hot targets need head.dim == {num_classes} (the number of '
+           f'classes of {config.data.name}), got {h.dim}')
+  else:
+    _check(h.activation == 'tanh',
+           'codebook targets lie in (-1, 1)^d and need head.activation='
+           "'tanh'")
+  _check(config.loss in losses.LOSSES,
+         f'loss {config.loss!r}; allowed: {sorted(losses.LOSSES)}')
+  if config.loss == 'ce':
+    _check(h.activation == 'softmax' and h.targets == 'onehot',
+           "loss 'ce' needs head.activation='softmax' and "
+           "head.targets='onehot'")
+  o = config.optimizer
+  _check(o.name in OPTIMIZERS,
+         f'optimizer.name {o.name!r}; allowed: {list(OPTIMIZERS)}')
+  _check(o.learning_rate > 0, 'optimizer.learning_rate must be > 0, got '
+         f'{o.learning_rate}')
+  _check(o.schedule in SCHEDULES,
+         f'optimizer.schedule {o.schedule!r}; allowed: {list(SCHEDULES)}')
+  _check(o.weight_decay >= 0, 'optimizer.weight_decay must be >= 0')
+  _check(0 <= o.momentum < 1, 'optimizer.momentum must be in [0, 1)')
+  _check(o.warmup_epochs >= 0, 'optimizer.warmup_epochs must be >= 0')
+  t = config.train
+  _check(t.batch_size >= 1, f'train.batch_size must be >= 1, got '
+         f'{t.batch_size}')
+  _check(t.num_epochs >= 1, 'train.num_epochs must be >= 1')
+  _check(t.log_every_steps >= 1, 'train.log_every_steps must be >= 1')
+  _check(t.checkpoint_every_steps >= 0,
+         'train.checkpoint_every_steps must be >= 0 (0 = once per epoch)')
+  _check(t.augment in AUGMENTATIONS,
+         f'train.augment {t.augment!r}; allowed: {list(AUGMENTATIONS)}')
+  _check(config.eval.batch_size >= 1, 'eval.batch_size must be >= 1')
+  if config.data.num_train:
+    _check(config.data.num_train >= t.batch_size,
+           'data.num_train must be at least train.batch_size')
+  codebook_key(config)  # Validates the key if one is given.
+
+
+def codebook_key(config) -> int | None:
+  """The secret codebook key from the config or $MLROBUST_CODEBOOK_KEY."""
+  key = config.head.codebook_key
+  if key is None and os.environ.get(CODEBOOK_KEY_ENV):
+    raw = os.environ[CODEBOOK_KEY_ENV]
+    try:
+      key = int(raw, 0)
+    except ValueError:
+      raise ValueError(f'${CODEBOOK_KEY_ENV} must be an integer') from None
+  if key is not None and not 0 <= key < 2**63:
+    raise ValueError('the codebook key must be an integer in [0, 2**63)')
+  return key
+
+
+def public_dict(config: config_dict.ConfigDict) -> dict:
+  """The config as a plain dict with secret fields removed."""
+  d = config.to_dict()
+  for path in SECRET_FIELDS:
+    node = d
+    for part in path[:-1]:
+      node = node[part]
+    if node.get(path[-1]) is not None:
+      node[path[-1]] = '<redacted>'
+  return d

@@ -1,0 +1,1 @@
+"""Model definitions (Flax Linen); the rest of mlrobust sees only apply functions."""

@@ -1,0 +1,403 @@
+"""Training and clean evaluation: `train_and_evaluate(config, workdir)`.
+
+The train step is a pure jitted function of (state, images, labels, key); the
+batch of step s and its randomness depend only on (seed, s), so a run killed at
+any moment and restarted with the same command resumes from its last checkpoint
+and ends with the parameters an uninterrupted run would have.
+
+Files in the workdir:
+  config.json    the config, with secrets redacted (written once);
+  targets.npy    [K, d] target representation (the codebook for codeword
+                 heads: needed to decode, secret like its key);
+  metrics.jsonl  one JSON object per log line and per evaluation;
+  checkpoints/   orbax checkpoints, every epoch (or every N steps) and at the
+                 end.
+"""
+
+import functools
+import json
+import os
+import secrets
+import time
+from typing import Any
+
+from absl import logging
+import flax.struct
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from mlrobust import checkpoints
+from mlrobust import classifier as classifier_lib
+from mlrobust import config_lib
+from mlrobust import data
+from mlrobust import heads
+from mlrobust.models import densenet
+
+# Fields that define a run: a workdir's checkpoint only continues a run with
+# the same values. The rest (paths, logging, evaluation) may change on resume.
+RUN_FIELDS = ('seed', 'data.name', 'data.num_train', 'model', 'head', 'loss',
+              'optimizer', 'train.batch_size', 'train.num_epochs',
+              'train.augment')
+
+
+class NonFiniteLossError(FloatingPointError):
+  """The training loss became NaN or infinite."""
+
+
+@flax.struct.dataclass
+class TrainState:
+  step: jax.Array
+  params: Any
+  batch_stats: Any
+  opt_state: Any
+
+
+def make_model(config) -> densenet.DenseNet:
+  """The DenseNet of `config.model`, with `config.head.dim` outputs."""
+  m = config.model
+  return densenet.DenseNet(
+      num_outputs=config.head.dim, depth=m.depth, growth_rate=m.growth_rate,
+      num_blocks=m.num_blocks, bottleneck=m.bottleneck,
+      compression=m.compression, dropout_rate=m.dropout_rate,
+      stem_features=m.stem_features, stem_stride=m.stem_stride)
+
+
+def make_optimizer(config, steps_per_epoch: int) -> optax.GradientTransformation:
+  """The optax optimizer and learning-rate schedule of `config.optimizer`."""
+  o = config.optimizer
+  total = config.train.num_epochs * steps_per_epoch
+  warmup = int(o.warmup_epochs * steps_per_epoch)
+  if o.schedule == 'constant':
+    schedule = optax.constant_schedule(o.learning_rate)
+  elif o.schedule == 'cosine':
+    schedule = optax.cosine_decay_schedule(o.learning_rate,
+                                           max(total - warmup, 1))
+  elif o.schedule == 'piecewise':
+    schedule = optax.piecewise_constant_schedule(
+        o.learning_rate, {int(0.5 * total) - warmup: 0.1,
+                          int(0.75 * total) - warmup: 0.1})
+  else:
+    raise ValueError(f'unknown schedule {o.schedule!r}; choose one of '
+                     f'{list(config_lib.SCHEDULES)}')
+  if warmup:
+    schedule = optax.join_schedules(
+        [optax.linear_schedule(0.0, o.learning_rate, warmup), schedule],
+        [warmup])
+  if o.name == 'sgd':
+    return optax.chain(
+        optax.add_decayed_weights(o.weight_decay),
+        optax.sgd(schedule, momentum=o.momentum or None, nesterov=o.nesterov))
+  if o.name == 'adam':
+    return optax.chain(optax.add_decayed_weights(o.weight_decay),
+                       optax.adam(schedule))
+  if o.name == 'adamw':
+    return optax.adamw(schedule, weight_decay=o.weight_decay)
+  raise ValueError(f'unknown optimizer {o.name!r}; choose one of '
+                   f'{list(config_lib.OPTIMIZERS)}')
+
+
+def augment(key: jax.Array, x: jax.Array, kind: str) -> jax.Array:
+  """Random 4-pixel-padded crops (and horizontal flips): x [B, H, W, C]."""
+  if kind == 'none':
+    return x
+  b, h, w, _ = x.shape
+  crop_key, flip_key = jax.random.split(key)
+  padded = jnp.pad(x, ((0, 0), (4, 4), (4, 4), (0, 0)))
+  offsets = jax.random.randint(crop_key, (b, 2), 0, 9)
+  crop_fn = lambda img, o: jax.lax.dynamic_slice(
+      img, (o[0], o[1], 0), (h, w, img.shape[-1]))
+  x = jax.vmap(crop_fn)(padded, offsets)
+  if kind == 'flip_crop':
+    flip = jax.random.bernoulli(flip_key, 0.5, (b, 1, 1, 1))
+    x = jnp.where(flip, x[:, :, ::-1, :], x)
+  return x
+
+
+def train_step(state: TrainState, images: jax.Array, labels: jax.Array,
+               key: jax.Array, targets: jax.Array, *, model, tx, activation,
+               loss_name, augment_kind):
+  """One optimizer step on uint8 images [B, H, W, C]; returns (state, metrics)."""
+  step_key = jax.random.fold_in(key, state.step)
+  aug_key, dropout_key = jax.random.split(step_key)
+  x = augment(aug_key, data.images_to_float(images), augment_kind)
+
+  def loss_fn(params):
+    logits, updates = model.apply(
+        {'params': params, 'batch_stats': state.batch_stats}, x, train=True,
+        mutable=['batch_stats'], rngs={'dropout': dropout_key})
+    ev = classifier_lib.evaluate_logits(logits, targets, activation,
+                                        loss_name, labels)
+    return jnp.mean(ev.loss), (ev.prediction, updates['batch_stats'])
+
+  (loss, (prediction, batch_stats)), grads = jax.value_and_grad(
+      loss_fn, has_aux=True)(state.params)
+  updates, opt_state = tx.update(grads, state.opt_state, state.params)
+  params = optax.apply_updates(state.params, updates)
+  new_state = TrainState(step=state.step + 1, params=params,
+                         batch_stats=batch_stats, opt_state=opt_state)
+  metrics = {'loss': loss, 'accuracy': jnp.mean(prediction == labels)}
+  return new_state, metrics
+
+
+@jax.jit
+def _predict(clf: classifier_lib.Classifier, images: jax.Array) -> jax.Array:
+  return clf.predict(data.images_to_float(images))
+
+
+def accuracy(clf: classifier_lib.Classifier, split: data.Split,
+             batch_size: int, limit: int = 0) -> float:
+  """Clean accuracy of `clf` on the first `limit` examples (0 = all)."""
+  correct, total = 0, 0
+  for images, labels in data.eval_batches(split, batch_size, limit):
+    correct += int(jnp.sum(_predict(clf, images) == labels))
+    total += len(labels)
+  return correct / total
+
+
+def _atomic_write(path: str, text: str) -> None:
+  tmp = f'{path}.tmp'
+  with open(tmp, 'w') as f:
+    f.write(text)
+  os.replace(tmp, path)
+
+
+def _get_field(d: dict, dotted: str):
+  for part in dotted.split('.'):
+    d = d[part]
+  return d
+
+
+def _check_or_write_config(config, workdir: str) -> None:
+  """Writes config.json, or checks that the run's fields match the old one."""
+  path = os.path.join(workdir, 'config.json')
+  public = config_lib.public_dict(config)
+  if os.path.exists(path):
+    try:
+      with open(path) as f:
+        old = json.load(f)
+      diffs = [field for field in RUN_FIELDS
+               if _get_field(old, field) != _get_field(public, field)]
+    except (ValueError, KeyError) as e:
+      raise checkpoints.CheckpointError(
+          f'{path} is unreadable or from another version ({e}); use a new '
+          f'--workdir') from e
+    if diffs:
+      raise checkpoints.CheckpointError(
+          f'workdir {workdir} holds a run with a different config; fields '
+          f'that differ: {diffs}. Use a new --workdir (nothing was changed).')
+    return
+  _atomic_write(path, json.dumps(public, indent=2, sort_keys=True))
+
+
+def load_or_make_targets(config, workdir: str, num_classes: int) -> np.ndarray:
+  """The run's target representation, made once and kept in the workdir."""
+  path = os.path.join(workdir, 'targets.npy')
+  key = config_lib.codebook_key(config)
+  expected = None
+  if config.head.targets == 'onehot' or key is not None:
+    seed = key if key is not None else 0
+    expected = np.asarray(heads.make_targets(
+        config.head.targets, num_classes, config.head.dim,
+        jax.random.key(seed)))
+  if os.path.exists(path):
+    try:
+      targets = np.load(path)
+    except (ValueError, OSError) as e:
+      raise checkpoints.CheckpointError(f'{path} is unreadable ({e})') from e
+    if targets.shape != (num_classes, config.head.dim):
+      raise checkpoints.CheckpointError(
+          f'{path} has shape {targets.shape}, but this config needs '
+          f'({num_classes}, {config.head.dim}); use a new --workdir')
+    if expected is not None and not np.array_equal(targets, expected):
+      raise checkpoints.CheckpointError(
+          f'{path} does not match the configured target representation (a '
+          f'different codebook key?); use a new --workdir')
+    return targets
+  if expected is None:
+    # No key given: draw a secret one; only the codebook is kept.
+    expected = np.asarray(heads.make_codebook(
+        jax.random.key(secrets.randbits(63)), num_classes, config.head.dim))
+  tmp = f'{path}.tmp.npy'
+  np.save(tmp, expected)
+  os.replace(tmp, path)
+  return expected
+
+
+def init_state(config, model, tx, image_shape) -> TrainState:
+  variables = model.init(jax.random.key(config.seed),
+                         jnp.zeros((1, *image_shape), jnp.float32))
+  params = variables['params']
+  return TrainState(step=jnp.array(0, jnp.int32), params=params,
+                    batch_stats=variables.get('batch_stats', {}),
+                    opt_state=tx.init(params))
+
+
+def load_classifier(config, workdir: str,
+                    step: int | None = None) -> classifier_lib.Classifier:
+  """The trained model of `workdir` as a Classifier (for attacks, analyses)."""
+  config_lib.validate(config)
+  image_shape, num_classes = data.info(config.data.name)
+  targets_path = os.path.join(workdir, 'targets.npy')
+  if not os.path.exists(targets_path):
+    raise checkpoints.CheckpointError(
+        f'{workdir} holds no trained run (no targets.npy); train first with '
+        f'--mode=train --workdir={workdir}')
+  _check_or_write_config(config, workdir)
+  targets = load_or_make_targets(config, workdir, num_classes)
+  model = make_model(config)
+  variables = model.init(jax.random.key(0),
+                         jnp.zeros((1, *image_shape), jnp.float32))
+  target = {'params': variables['params'],
+            'batch_stats': variables.get('batch_stats', {})}
+  manager = checkpoints.make_manager(workdir, read_only=True)
+  restored = checkpoints.restore(manager, {'step': 0, **target,
+                                           'opt_state': None}, step)
+  variables = {'params': restored['params'],
+               'batch_stats': restored['batch_stats']}
+  return classifier_lib.from_model(model, variables, targets,
+                                   activation=config.head.activation,
+                                   loss=config.loss)
+
+
+def _truncate_metrics(path: str, step: int) -> None:
+  """Drops metrics logged after `step` (they will be logged again)."""
+  if not os.path.exists(path):
+    return
+  kept = []
+  with open(path) as f:
+    for line in f:
+      try:
+        if json.loads(line)['step'] <= step:
+          kept.append(line if line.endswith('\n') else line + '\n')
+      except (ValueError, KeyError):
+        continue  # A line cut by a kill.
+  _atomic_write(path, ''.join(kept))
+
+
+def _first_bad_step(pending) -> int | None:
+  """The step of the first non-finite loss among (step, metrics) pairs."""
+  losses = jax.device_get([m['loss'] for _, m in pending])
+  for (step, _), loss in zip(pending, losses):
+    if not np.isfinite(loss):
+      return step
+  return None
+
+
+def train_and_evaluate(config, workdir: str) -> dict:
+  """Trains (or resumes) the run in `workdir`; returns final metrics.
+
+  Returns:
+    {'test_accuracy': float, 'num_test': int, 'step': int, 'wall_s': float}
+
+  Raises:
+    ValueError: an invalid config.
+    FileNotFoundError: missing data.
+    checkpoints.CheckpointError: a workdir or checkpoint that cannot be used.
+    NonFiniteLossError: the loss became NaN or infinite (the last good
+      checkpoint stays).
+  """
+  config_lib.validate(config)
+  start_time = time.time()
+  os.makedirs(workdir, exist_ok=True)
+  _check_or_write_config(config, workdir)
+  dataset = data.load(config.data)
+  targets = load_or_make_targets(config, workdir, dataset.num_classes)
+  image_shape = dataset.train.images.shape[1:]
+
+  n_train, batch_size = len(dataset.train), config.train.batch_size
+  steps_per_epoch = n_train // batch_size
+  if steps_per_epoch < 1:
+    raise ValueError(f'train.batch_size {batch_size} exceeds the '
+                     f'{n_train} training images')
+  total_steps = config.train.num_epochs * steps_per_epoch
+  model = make_model(config)
+  tx = make_optimizer(config, steps_per_epoch)
+  state = init_state(config, model, tx, image_shape)
+
+  manager = checkpoints.make_manager(workdir)
+  metrics_path = os.path.join(workdir, 'metrics.jsonl')
+  if manager.latest_step() is not None:
+    state = TrainState(**checkpoints.restore(manager, {
+        'step': state.step, 'params': state.params,
+        'batch_stats': state.batch_stats, 'opt_state': state.opt_state}))
+    logging.info('Resumed from step %d of %d', int(state.step), total_steps)
+  step = int(state.step)
+  _truncate_metrics(metrics_path, step)
+
+  step_fn = jax.jit(
+      functools.partial(train_step, model=model, tx=tx,
+                        activation=config.head.activation,
+                        loss_name=config.loss,
+                        augment_kind=config.train.augment),
+      donate_argnums=(0,))
+  base_key = jax.random.key(config.seed)
+  targets_device = jnp.asarray(targets)
+  ckpt_every = config.train.checkpoint_every_steps
+
+  def to_classifier(s):
+    return classifier_lib.from_model(
+        model, {'params': s.params, 'batch_stats': s.batch_stats},
+        targets_device, activation=config.head.activation, loss=config.loss)
+
+  def log_metrics(record):
+    with open(metrics_path, 'a') as f:
+      f.write(json.dumps(record) + '\n')
+
+  pending = []  # (step, device metrics) since the last finiteness check.
+  window_start, window_steps = time.time(), 0
+  while step < total_steps:
+    idx = data.train_batch_indices(config.seed, step, batch_size, n_train)
+    state, metrics = step_fn(state, dataset.train.images[idx],
+                             dataset.train.labels[idx], base_key,
+                             targets_device)
+    pending.append((step, metrics))
+    step += 1
+    window_steps += 1
+    epoch_end = step % steps_per_epoch == 0
+    save_now = (epoch_end or step == total_steps or
+                (ckpt_every and step % ckpt_every == 0))
+    if step % config.train.log_every_steps == 0 or save_now:
+      bad = _first_bad_step(pending)
+      if bad is not None:
+        raise NonFiniteLossError(
+            f'training loss is not finite at step {bad}; stopped. The last '
+            f'good checkpoint ({manager.latest_step()}) is kept in '
+            f'{manager.directory}. Lower optimizer.learning_rate or check '
+            f'the data.')
+      window = jax.device_get([m for _, m in pending[-window_steps:]])
+      elapsed = time.time() - window_start
+      record = {
+          'step': step, 'epoch': step / steps_per_epoch,
+          'train_loss': float(np.mean([m['loss'] for m in window])),
+          'train_accuracy': float(np.mean([m['accuracy'] for m in window])),
+          'images_per_sec': window_steps * batch_size / elapsed,
+      }
+      eta = (total_steps - step) * elapsed / window_steps
+      logging.info(
+          'step %d/%d (epoch %.2f) loss %.4f acc %.4f  %.0f img/s  ETA %s',
+          step, total_steps, record['epoch'], record['train_loss'],
+          record['train_accuracy'], record['images_per_sec'],
+          time.strftime('%H:%M:%S', time.gmtime(eta)))
+      log_metrics(record)
+      pending, window_start, window_steps = [], time.time(), 0
+    if save_now:
+      checkpoints.save(manager, step, {
+          'step': state.step, 'params': state.params,
+          'batch_stats': state.batch_stats, 'opt_state': state.opt_state})
+      if epoch_end or step == total_steps:
+        acc = accuracy(to_classifier(state), dataset.test,
+                       config.eval.batch_size)
+        logging.info('step %d: test accuracy %.4f on %d %s test images', step,
+                     acc, len(dataset.test), dataset.name)
+        log_metrics({'step': step, 'epoch': step / steps_per_epoch,
+                     'test_accuracy': acc})
+      window_start = time.time()  # Exclude saving and evaluation.
+
+  test_acc = accuracy(to_classifier(state), dataset.test,
+                      config.eval.batch_size)
+  manager.close()
+  return {'test_accuracy': test_acc, 'num_test': len(dataset.test),
+          'dataset': dataset.name, 'step': step,
+          'wall_s': time.time() - start_time}
