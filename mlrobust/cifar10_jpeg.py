@@ -8,8 +8,8 @@ under `<data_dir>/cifar10_jpeg/` and results on it must be reported as
 
 The manual directory (`config.data.manual_dir`, or TFDS's
 `<data_dir>/downloads/manual/`) may hold the tarball `cifar10_jpeg.tar.gz`, or
-the extracted `train/` and `test/` folders; `manual_dir` may also name the
-tarball itself. The JPEG bytes are stored unchanged.
+the extracted `train/` and `test/` folders; `manual_dir` may also name a tarball
+of that layout itself (passed to the builder as `source`). The JPEG bytes are stored unchanged.
 """
 
 import io
@@ -53,6 +53,11 @@ class Cifar10Jpeg(tfds.core.GeneratorBasedBuilder):
       f'Place {TARBALL} (train/<class>/*.jpg and test/<class>/*.jpg) in the '
       f'manual directory, or pass its folder as manual_dir.')
 
+  def __init__(self, *, source: str | None = None, **kwargs):
+    """`source`: a tarball or folder to read instead of the manual dir."""
+    super().__init__(**kwargs)
+    self._source = source
+
   def _info(self) -> tfds.core.DatasetInfo:
     return self.dataset_info_from_configs(
         features=tfds.features.FeaturesDict({
@@ -66,7 +71,7 @@ class Cifar10Jpeg(tfds.core.GeneratorBasedBuilder):
         'content are genuine, pixels are not.')
 
   def _split_generators(self, dl_manager):
-    source = find_source(dl_manager.manual_dir)
+    source = find_source(self._source or dl_manager.manual_dir)
     return {split: self._generate_examples(source, split) for split in SPLITS}
 
   def _generate_examples(self, source, split):

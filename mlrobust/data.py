@@ -76,11 +76,12 @@ def _import_tfds():
 
 def _missing_data_error(name, builder, manual_dir, cause):
   files = DATASETS[name][2]
-  default_manual = os.path.join(builder.data_dir_root, 'downloads', 'manual')
+  default_manual = os.path.join(builder.data_dir_root, 'downloads', 'manual',
+                                name)
   where = (f'the folder given as config.data.manual_dir ({manual_dir!r})'
            if manual_dir else
-           f'config.data.manual_dir, or TFDS\'s manual directory '
-           f'{default_manual!r}')
+           f'config.data.manual_dir, or the manual directory '
+           f'{default_manual!r} (or its parent)')
   hint = ''
   if name == 'cifar10':
     hint = (' Without internet access, the JPEG copy of CIFAR-10 is available '
@@ -93,21 +94,24 @@ def _missing_data_error(name, builder, manual_dir, cause):
 
 
 def _prepare(tfds, name, data_dir, manual_dir, download):
-  builder = tfds.builder(name, data_dir=data_dir)
+  kwargs = {}
+  if name == 'cifar10_jpeg' and manual_dir and os.path.isfile(manual_dir):
+    kwargs['source'] = manual_dir  # A tarball named directly.
+    manual_dir = os.path.dirname(manual_dir)
+  builder = tfds.builder(name, data_dir=data_dir, **kwargs)
   if builder.is_prepared():
     return builder
   if manual_dir and not os.path.exists(manual_dir):
     raise FileNotFoundError(
         f'config.data.manual_dir {manual_dir!r} does not exist; it must hold '
         f'{list(DATASETS[name][2])} for dataset {name!r}')
-  logging.info('Preparing %s in %s (manual_dir=%s)', name,
-               builder.data_dir_root, manual_dir)
-  config = tfds.download.DownloadConfig(
-      manual_dir=manual_dir, try_download_gcs=False,
-      download_mode=tfds.download.GenerateMode.REUSE_DATASET_IF_EXISTS)
   files, host = DATASETS[name][2:]
-  manual = manual_dir or os.path.join(builder.data_dir_root, 'downloads',
-                                      'manual')
+  manual = manual_dir or default_manual_dir(builder.data_dir_root, name)
+  logging.info('Preparing %s in %s (manual_dir=%s)', name,
+               builder.data_dir_root, manual)
+  config = tfds.download.DownloadConfig(
+      manual_dir=manual, try_download_gcs=False,
+      download_mode=tfds.download.GenerateMode.REUSE_DATASET_IF_EXISTS)
   if host is not None and not all(
       os.path.exists(os.path.join(manual, f)) for f in files):
     # TFDS retries a failed download for minutes; fail at once when the
@@ -117,10 +121,22 @@ def _prepare(tfds, name, data_dir, manual_dir, download):
       raise _missing_data_error(name, builder, manual_dir,
                                 ConnectionError(reason))
   try:
-    builder.download_and_prepare(download_config=config)
+    # A download folder per dataset: TFDS names extracted files after the
+    # archive, and MNIST and Fashion-MNIST share file names, so a shared
+    # folder would silently serve one dataset's images as the other's.
+    builder.download_and_prepare(
+        download_dir=os.path.join(builder.data_dir_root, 'downloads', name),
+        download_config=config)
   except Exception as e:  # pylint: disable=broad-except
     raise _missing_data_error(name, builder, manual_dir, e) from e
   return builder
+
+
+def default_manual_dir(data_dir, name: str) -> str:
+  """`<data_dir>/downloads/manual/<name>` if it exists, else `.../manual`."""
+  manual = os.path.join(os.fspath(data_dir), 'downloads', 'manual')
+  per_dataset = os.path.join(manual, name)
+  return per_dataset if os.path.isdir(per_dataset) else manual
 
 
 def _download_blocker(host, download):
@@ -136,10 +152,18 @@ def _download_blocker(host, download):
 
 def _read_split(tfds, builder, split, limit):
   split_name = split if not limit else f'{split}[:{limit}]'
-  ds = tfds.as_numpy(builder.as_dataset(split=split_name, batch_size=-1,
-                                        as_supervised=True))
-  images, labels = ds
-  return Split(np.asarray(images, np.uint8), np.asarray(labels, np.int32))
+  ds = builder.as_dataset(split=split_name, as_supervised=True,
+                          shuffle_files=False).batch(4096)
+  images, labels = [], []
+  for x, y in tfds.as_numpy(ds):
+    images.append(x)
+    labels.append(y)
+  if not images:
+    raise ValueError(f'{builder.name} {split} split is empty')
+  images, labels = np.concatenate(images), np.concatenate(labels)
+  if limit:  # Also trims readers that ignore split slicing.
+    images, labels = images[:limit], labels[:limit]
+  return Split(images.astype(np.uint8), labels.astype(np.int32))
 
 
 def load(data_config) -> Dataset:

@@ -137,7 +137,8 @@ def train_step(state: TrainState, images: jax.Array, labels: jax.Array,
   params = optax.apply_updates(state.params, updates)
   new_state = TrainState(step=state.step + 1, params=params,
                          batch_stats=batch_stats, opt_state=opt_state)
-  metrics = {'loss': loss, 'accuracy': jnp.mean(prediction == labels)}
+  metrics = {'loss': loss, 'accuracy': jnp.mean(prediction == labels),
+             'grad_norm': optax.global_norm(grads)}
   return new_state, metrics
 
 
@@ -234,6 +235,12 @@ def init_state(config, model, tx, image_shape) -> TrainState:
                     opt_state=tx.init(params))
 
 
+def _state_dict(state: TrainState) -> dict:
+  """The checkpointed pytree of a TrainState."""
+  return {'step': state.step, 'params': state.params,
+          'batch_stats': state.batch_stats, 'opt_state': state.opt_state}
+
+
 def load_classifier(config, workdir: str,
                     step: int | None = None) -> classifier_lib.Classifier:
   """The trained model of `workdir` as a Classifier (for attacks, analyses)."""
@@ -247,13 +254,11 @@ def load_classifier(config, workdir: str,
   _check_or_write_config(config, workdir)
   targets = load_or_make_targets(config, workdir, num_classes)
   model = make_model(config)
-  variables = model.init(jax.random.key(0),
-                         jnp.zeros((1, *image_shape), jnp.float32))
-  target = {'params': variables['params'],
-            'batch_stats': variables.get('batch_stats', {})}
+  # The optimizer state is restored too (checkpoints hold the whole state);
+  # its structure does not depend on the schedule's length.
+  state = init_state(config, model, make_optimizer(config, 1), image_shape)
   manager = checkpoints.make_manager(workdir, read_only=True)
-  restored = checkpoints.restore(manager, {'step': 0, **target,
-                                           'opt_state': None}, step)
+  restored = checkpoints.restore(manager, _state_dict(state), step)
   variables = {'params': restored['params'],
                'batch_stats': restored['batch_stats']}
   return classifier_lib.from_model(model, variables, targets,
@@ -277,10 +282,12 @@ def _truncate_metrics(path: str, step: int) -> None:
 
 
 def _first_bad_step(pending) -> int | None:
-  """The step of the first non-finite loss among (step, metrics) pairs."""
-  losses = jax.device_get([m['loss'] for _, m in pending])
-  for (step, _), loss in zip(pending, losses):
-    if not np.isfinite(loss):
+  """The first step with a non-finite loss or gradient, of (step, metrics)."""
+  values = jax.device_get([(m['loss'], m['grad_norm']) for _, m in pending])
+  for (step, _), (loss, grad_norm) in zip(pending, values):
+    # The gradient too: a NaN can reach the parameters while the loss stays
+    # finite (ReLU and softmax can hide it in the forward pass).
+    if not (np.isfinite(loss) and np.isfinite(grad_norm)):
       return step
   return None
 
@@ -319,9 +326,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
   manager = checkpoints.make_manager(workdir)
   metrics_path = os.path.join(workdir, 'metrics.jsonl')
   if manager.latest_step() is not None:
-    state = TrainState(**checkpoints.restore(manager, {
-        'step': state.step, 'params': state.params,
-        'batch_stats': state.batch_stats, 'opt_state': state.opt_state}))
+    state = TrainState(**checkpoints.restore(manager, _state_dict(state)))
     logging.info('Resumed from step %d of %d', int(state.step), total_steps)
   step = int(state.step)
   _truncate_metrics(metrics_path, step)
@@ -362,7 +367,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
       bad = _first_bad_step(pending)
       if bad is not None:
         raise NonFiniteLossError(
-            f'training loss is not finite at step {bad}; stopped. The last '
+            f'training loss or gradient is not finite at step {bad}; stopped. The last '
             f'good checkpoint ({manager.latest_step()}) is kept in '
             f'{manager.directory}. Lower optimizer.learning_rate or check '
             f'the data.')
@@ -383,9 +388,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
       log_metrics(record)
       pending, window_start, window_steps = [], time.time(), 0
     if save_now:
-      checkpoints.save(manager, step, {
-          'step': state.step, 'params': state.params,
-          'batch_stats': state.batch_stats, 'opt_state': state.opt_state})
+      checkpoints.save(manager, step, _state_dict(state))
       if epoch_end or step == total_steps:
         acc = accuracy(to_classifier(state), dataset.test,
                        config.eval.batch_size)
