@@ -60,9 +60,14 @@ def make_targets(kind: str, num_classes: int, dim: int,
                    f'{list(TARGETS)}')
 
 
+def squared_distances(outputs: jax.Array, targets: jax.Array) -> jax.Array:
+  """Squared Euclidean distances [B, K] of outputs [B, d] to targets [K, d]."""
+  return jnp.sum(jnp.square(outputs[:, None, :] - targets[None, :, :]), axis=-1)
+
+
 def distances(outputs: jax.Array, targets: jax.Array) -> jax.Array:
   """Euclidean distances [B, K] between outputs [B, d] and targets [K, d]."""
-  sq = jnp.sum(jnp.square(outputs[:, None, :] - targets[None, :, :]), axis=-1)
+  sq = squared_distances(outputs, targets)
   # sqrt has an infinite derivative at 0; the floor keeps gradients finite when
   # an output lands exactly on a target.
   return jnp.sqrt(jnp.maximum(sq, 1e-20))

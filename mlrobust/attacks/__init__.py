@@ -1,0 +1,60 @@
+"""Adversarial attacks written in JAX against the generic distance decoding.
+
+Every attack takes a `mlrobust.classifier.Classifier`, images and labels:
+
+  result = attacks.pgd(clf, x, y, eps=0.3)                  # untargeted
+  result = attacks.get('mim')(clf, x, t, targeted=True, eps=0.1)
+
+and returns an `AttackResult(adv, success, l2, linf, prediction)` of numpy
+arrays. `x` is [B, H, W, C] float in [0, 1] and is never modified; `y` holds the
+true labels (untargeted: success = prediction != y) or the target classes
+(targeted: success = prediction == y). The box [0, 1] is always respected and
+the Linf attacks stay inside their eps ball.
+
+A runnable example on a linear model with a random codebook:
+
+  import jax, jax.numpy as jnp
+  from mlrobust import attacks, classifier, heads
+  w = jax.random.normal(jax.random.key(0), (4, 8))
+  clf = classifier.from_function(
+      lambda x: x.reshape(len(x), -1) @ w,
+      heads.make_codebook(jax.random.key(1), 3, 8), activation='tanh')
+  x = jax.random.uniform(jax.random.key(2), (5, 2, 2, 1))
+  y = clf.predict(x)
+  print(attacks.fgsm(clf, x, y, eps=0.1).success)
+  t = attacks.random_targets(jax.random.key(3), y, 3)
+  print(attacks.cw_l2_distance(clf, x, t, targeted=True).l2)
+
+Attacks: fgsm, bim, mim, pgd (Linf, gradient family), lbfgs (targeted only),
+deepfool (untargeted only), cw_l2 and cw_l2_distance (L2). Parameter defaults
+are cleverhans v2.1's, as Saito & Roy used them (their Table 2).
+"""
+
+from mlrobust.attacks.core import ATTACK_LOSSES
+from mlrobust.attacks.core import AttackResult
+from mlrobust.attacks.core import random_targets
+from mlrobust.attacks.cw import cw_l2
+from mlrobust.attacks.cw import cw_l2_distance
+from mlrobust.attacks.deepfool import deepfool
+from mlrobust.attacks.gradient import bim
+from mlrobust.attacks.gradient import fgsm
+from mlrobust.attacks.gradient import mim
+from mlrobust.attacks.gradient import pgd
+from mlrobust.attacks.lbfgs import lbfgs
+
+ATTACKS = {
+    'fgsm': fgsm, 'bim': bim, 'mim': mim, 'pgd': pgd, 'lbfgs': lbfgs,
+    'deepfool': deepfool, 'cw_l2': cw_l2, 'cw_l2_distance': cw_l2_distance,
+}
+# Which attacks can run targeted / untargeted (Saito & Roy Section 2.3).
+TARGETED_ONLY = ('lbfgs',)
+UNTARGETED_ONLY = ('deepfool',)
+
+
+def get(name: str):
+  """The attack function `name`; raises ValueError listing valid names."""
+  try:
+    return ATTACKS[name]
+  except KeyError:
+    raise ValueError(f'unknown attack {name!r}; choose one of '
+                     f'{sorted(ATTACKS)}') from None

@@ -1,0 +1,152 @@
+"""Shared parts of the attacks: input checks, attack losses, results, batching.
+
+Every attack reads the classifier only through `mlrobust.classifier.Classifier`
+(outputs, distance-decoded scores, training loss), so it works with every head.
+Success is decided by the generic decoding: prediction != y (untargeted) or
+prediction == y (targeted, y = target classes).
+"""
+
+from typing import Callable, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from mlrobust import classifier as classifier_lib
+
+# Losses of the gradient attacks. 'train': the model's own training loss
+# against the target representation (cross-entropy for CE models, MSE for MSE
+# models; Saito & Roy Section 4.3.2). 'ce': cross-entropy on the class scores.
+# 'margin': best other class score minus the class's score.
+ATTACK_LOSSES = ('train', 'ce', 'margin')
+
+
+class AttackResult(NamedTuple):
+  """Adversarial images and per-example outcome (numpy arrays)."""
+  adv: np.ndarray      # [B, H, W, C] float32 in [0, 1]
+  success: np.ndarray  # [B] bool, by the generic decoding
+  l2: np.ndarray       # [B] ||adv - x||_2
+  linf: np.ndarray     # [B] ||adv - x||_inf
+  prediction: np.ndarray  # [B] int32 predicted class of adv
+
+
+def attack_loss(clf: classifier_lib.Classifier, x: jax.Array, y: jax.Array,
+                name: str) -> jax.Array:
+  """Per-example loss [B] of class y; attacks ascend it (untargeted)."""
+  if name == 'train':
+    return clf.loss(x, y)
+  scores = clf.scores(x)
+  if name == 'ce':
+    return -jnp.take_along_axis(jax.nn.log_softmax(scores), y[:, None],
+                                axis=1)[:, 0]
+  if name == 'margin':
+    return margin(scores, y)
+  raise ValueError(f'unknown attack loss {name!r}; choose one of '
+                   f'{list(ATTACK_LOSSES)}')
+
+
+def margin(scores: jax.Array, y: jax.Array) -> jax.Array:
+  """max_{k != y} scores_k - scores_y: [B]; > 0 iff y is not predicted."""
+  own = jnp.take_along_axis(scores, y[:, None], axis=1)[:, 0]
+  others = jnp.where(jax.nn.one_hot(y, scores.shape[1], dtype=bool), -jnp.inf,
+                     scores)
+  return jnp.max(others, axis=1) - own
+
+
+def is_success(prediction: jax.Array, y: jax.Array,
+               targeted: bool) -> jax.Array:
+  return prediction == y if targeted else prediction != y
+
+
+def per_example_norms(delta: jax.Array):
+  flat = delta.reshape(delta.shape[0], -1)
+  return jnp.linalg.norm(flat, axis=1), jnp.max(jnp.abs(flat), axis=1)
+
+
+def check_inputs(clf: classifier_lib.Classifier, x, y, *, targeted: bool):
+  """Validates images and labels on the host; returns them as arrays.
+
+  Raises:
+    ValueError: non-float or non-4-D images, NaN/inf, values outside [0, 1],
+      labels of the wrong shape or range, or target == label is impossible to
+      detect here (targets are the caller's choice).
+  """
+  x = np.asarray(x)
+  y = np.asarray(y)
+  if x.ndim != 4 or not np.issubdtype(x.dtype, np.floating):
+    raise ValueError(f'x must be float images [B, H, W, C], got shape '
+                     f'{x.shape} and dtype {x.dtype}')
+  if not np.all(np.isfinite(x)):
+    raise ValueError('x contains NaN or infinite values')
+  if x.min() < 0 or x.max() > 1:
+    raise ValueError(f'x must lie in [0, 1], got values in [{x.min()}, '
+                     f'{x.max()}]')
+  if y.shape != (x.shape[0],) or not np.issubdtype(y.dtype, np.integer):
+    raise ValueError(f'y must be integer labels of shape ({x.shape[0]},), got '
+                     f'shape {y.shape} and dtype {y.dtype}')
+  k = clf.num_classes
+  if y.size and (y.min() < 0 or y.max() >= k):
+    what = 'target classes' if targeted else 'labels'
+    raise ValueError(f'{what} must lie in [0, {k}), got [{y.min()}, '
+                     f'{y.max()}]')
+  return x.astype(np.float32), y.astype(np.int32)
+
+
+def check_param(name: str, value, *, minimum=None, exclusive=False,
+                integer=False):
+  """Raises ValueError unless value >= minimum (> if exclusive)."""
+  if integer and (not isinstance(value, (int, np.integer)) or
+                  isinstance(value, bool)):
+    raise ValueError(f'{name} must be an integer, got {value!r}')
+  v = np.asarray(value)
+  if not np.all(np.isfinite(v)):
+    raise ValueError(f'{name} must be finite, got {value!r}')
+  if minimum is not None:
+    bad = np.any(v <= minimum) if exclusive else np.any(v < minimum)
+    if bad:
+      op = '>' if exclusive else '>='
+      raise ValueError(f'{name} must be {op} {minimum}, got {value!r}')
+
+
+def check_loss(name: str):
+  if name not in ATTACK_LOSSES:
+    raise ValueError(f'unknown attack loss {name!r}; choose one of '
+                     f'{list(ATTACK_LOSSES)}')
+
+
+def run_batched(fn: Callable, clf, x: np.ndarray, y: np.ndarray, *,
+                batch_size: int | None, targeted: bool, rng: jax.Array,
+                **kwargs) -> AttackResult:
+  """Runs the jitted `fn(clf, x, y, rng, **kwargs) -> adv` over batches.
+
+  Each batch's adversarial images are copied to the host before the next
+  batch starts, so memory is bounded by one batch. The per-batch key is
+  `fold_in(rng, batch index)`.
+  """
+  n = len(x)
+  batch_size = batch_size or max(n, 1)
+  check_param('batch_size', batch_size, minimum=1, integer=True)
+  outs = []
+  for i, start in enumerate(range(0, n, batch_size)):
+    xb = jnp.asarray(x[start:start + batch_size])
+    yb = jnp.asarray(y[start:start + batch_size])
+    adv, pred = fn(clf, xb, yb, jax.random.fold_in(rng, i), **kwargs)
+    l2, linf = per_example_norms(adv - xb)
+    outs.append(jax.device_get((adv, is_success(pred, yb, targeted), l2,
+                                linf, pred)))
+  if not outs:
+    empty = np.zeros((0,), np.float32)
+    return AttackResult(x.copy(), empty.astype(bool), empty, empty,
+                        empty.astype(np.int32))
+  return AttackResult(*(np.concatenate(parts) for parts in zip(*outs)))
+
+
+def random_targets(key: jax.Array, labels, num_classes: int) -> np.ndarray:
+  """One random target per example, different from its label (seeded)."""
+  labels = jnp.asarray(labels)
+  shift = jax.random.randint(key, labels.shape, 1, num_classes)
+  return np.asarray((labels + shift) % num_classes, np.int32)
+
+
+def default_rng(rng):
+  return jax.random.key(0) if rng is None else rng

@@ -1,0 +1,101 @@
+"""DeepFool (Moosavi-Dezfooli et al., 2016), untargeted, on the generic decoding.
+
+DeepFool linearises the class scores around the current point and steps to the
+nearest linearised boundary, repeating until the prediction changes or
+`max_iter` steps are taken; the total step is finally scaled by
+(1 + overshoot). As in cleverhans v2.1, only the `nb_candidate` classes with the
+highest scores at the clean image are considered, and the attack moves away
+from the clean prediction.
+
+The linearised scores are minus half the squared distances to the targets.
+They decide exactly like the distance scores, and their pairwise differences
+are affine in the outputs: for a model whose outputs are affine in x (the
+setting DeepFool's derivation assumes) one step lands on the boundary.
+"""
+
+import functools
+
+import jax
+import jax.numpy as jnp
+
+from mlrobust import heads
+from mlrobust.attacks import core
+
+
+@functools.partial(jax.jit, static_argnames=('nb_candidate',))
+def _deepfool(clf, x, y, rng, overshoot, max_iter, *, nb_candidate):
+  del y, rng
+  b = x.shape[0]
+  pixel_axes = tuple(range(1, x.ndim))
+
+  def half_sq_scores(x):
+    return -0.5 * heads.squared_distances(clf.outputs(x), clf.targets)
+
+  candidates = jax.lax.top_k(clf.scores(x), nb_candidate)[1]  # [B, nc]
+  original = candidates[:, 0]
+
+  def candidate_scores(x):
+    return jnp.take_along_axis(half_sq_scores(x), candidates, axis=1)
+
+  def body(carry):
+    i, r_tot, active = carry
+    x_i = jnp.clip(x + r_tot, 0.0, 1.0)
+    f, vjp_fn = jax.vjp(candidate_scores, x_i)
+    cotangents = jnp.broadcast_to(jnp.eye(nb_candidate)[:, None, :],
+                                  (nb_candidate, b, nb_candidate))
+    grads = jax.vmap(lambda ct: vjp_fn(ct)[0])(cotangents)  # [nc, B, ...]
+    w = grads[1:] - grads[:1]                                # [nc-1, B, ...]
+    f_diff = (f[:, 1:] - f[:, :1]).T                         # [nc-1, B]
+    w_norm = jnp.sqrt(jnp.sum(jnp.square(w), axis=tuple(
+        a + 1 for a in pixel_axes)))
+    pert = (jnp.abs(f_diff) + 1e-5) / jnp.maximum(w_norm, 1e-12)
+    best = jnp.argmin(pert, axis=0)                          # [B]
+    pick = lambda a: jnp.take_along_axis(
+        a, best.reshape((1, b) + (1,) * (a.ndim - 2)), axis=0)[0]
+    w_best, norm_best, pert_best = pick(w), pick(w_norm), pick(pert)
+    scale = pert_best / jnp.maximum(norm_best, 1e-12)
+    r_i = scale.reshape((b,) + (1,) * (x.ndim - 1)) * w_best
+    mask = active.reshape((b,) + (1,) * (x.ndim - 1))
+    r_tot = r_tot + jnp.where(mask, r_i, 0.0)
+    still = clf.predict(jnp.clip(x + r_tot, 0.0, 1.0)) == original
+    return i + 1, r_tot, active & still
+
+  def cond(carry):
+    i, _, active = carry
+    return jnp.any(active) & (i < max_iter)
+
+  _, r_tot, _ = jax.lax.while_loop(
+      cond, body, (jnp.array(0), jnp.zeros_like(x), jnp.ones((b,), bool)))
+  adv = jnp.clip(x + (1.0 + overshoot) * r_tot, 0.0, 1.0)
+  adv = jax.lax.stop_gradient(adv)
+  return adv, clf.predict(adv)
+
+
+def deepfool(clf, x, y, *, targeted=False, rng=None, nb_candidate=10,
+             overshoot=0.02, max_iter=50,
+             batch_size=None) -> core.AttackResult:
+  """Untargeted DeepFool.
+
+  Args:
+    clf: a `mlrobust.classifier.Classifier`.
+    x: [B, H, W, C] float images in [0, 1] (not modified).
+    y: [B] true labels (success = prediction != y).
+    targeted: must be False (DeepFool is untargeted only).
+    rng: unused (deterministic).
+    nb_candidate: classes considered, the top ones at the clean image
+      (capped at the number of classes; >= 2).
+    overshoot: the final perturbation is scaled by 1 + overshoot.
+    max_iter: maximum linearisation steps (the paper sweeps 10 ... 40).
+    batch_size: examples per compiled call (None: all at once).
+  """
+  if targeted:
+    raise ValueError('deepfool is untargeted only; use targeted=False')
+  core.check_param('nb_candidate', nb_candidate, minimum=2, integer=True)
+  core.check_param('overshoot', overshoot, minimum=0)
+  core.check_param('max_iter', max_iter, minimum=1, integer=True)
+  x, y = core.check_inputs(clf, x, y, targeted=False)
+  nc = min(nb_candidate, clf.num_classes)
+  fn = functools.partial(_deepfool, nb_candidate=nc)
+  return core.run_batched(
+      lambda clf, x, y, key: fn(clf, x, y, key, overshoot, max_iter), clf, x,
+      y, batch_size=batch_size, targeted=False, rng=core.default_rng(rng))

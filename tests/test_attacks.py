@@ -1,0 +1,300 @@
+"""Attacks against closed forms on affine models, properties, and a trained model."""
+
+import functools
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from mlrobust import attacks
+from mlrobust import classifier
+from mlrobust import heads
+from mlrobust.attacks import cw
+from mlrobust.attacks import gradient
+
+SHAPE = (4, 4, 1)
+N_PIX = 16
+
+
+def _affine(seed=0, k=3, activation='identity', loss='ce', targets=None):
+  """z = W x + b with one-hot targets: decoding = argmax z (affine scores)."""
+  kw, kb = jax.random.split(jax.random.key(seed))
+  w = jax.random.normal(kw, (N_PIX, k))
+  b = 0.3 * jax.random.normal(kb, (k,))
+  fn = lambda p, x: x.reshape(len(x), -1) @ p[0] + p[1]
+  targets = jnp.eye(k) if targets is None else targets
+  return classifier.from_function(fn, targets, params=(w, b),
+                                  activation=activation, loss=loss), w, b
+
+
+def _mid_images(n, seed=1):
+  """Images near 0.5, so that small perturbations never touch the box."""
+  return np.asarray(0.5 + 0.05 * jax.random.uniform(
+      jax.random.key(seed), (n, *SHAPE), minval=-1, maxval=1), np.float32)
+
+
+def _nearest_boundary(w, b, x):
+  """Analytic minimal L2 perturbations [n, N_PIX] to leave argmax z."""
+  w, b = np.asarray(w, np.float64), np.asarray(b, np.float64)
+  flat = x.reshape(len(x), -1).astype(np.float64)
+  z = flat @ w + b
+  out = []
+  for zi, yi in zip(z, z.argmax(1)):
+    best = None
+    for k in range(w.shape[1]):
+      if k == yi:
+        continue
+      a = w[:, k] - w[:, yi]
+      delta = (zi[yi] - zi[k]) / (a @ a) * a
+      if best is None or np.linalg.norm(delta) < np.linalg.norm(best):
+        best = delta
+    out.append(best)
+  return np.stack(out)
+
+
+def test_fgsm_is_eps_sign_of_the_analytic_gradient():
+  clf, w, b = _affine(activation='softmax')
+  x = _mid_images(6)
+  y = np.array([0, 1, 2, 0, 1, 2], np.int32)
+  z = x.reshape(6, -1) @ np.asarray(w) + np.asarray(b)
+  p = np.exp(z - z.max(1, keepdims=True))
+  p /= p.sum(1, keepdims=True)
+  grad = (p - np.eye(3)[y]) @ np.asarray(w).T  # d CE / d x
+  result = attacks.fgsm(clf, x, y, eps=0.01)
+  np.testing.assert_allclose(result.adv.reshape(6, -1) - x.reshape(6, -1),
+                             0.01 * np.sign(grad), atol=1e-6)
+  targeted = attacks.fgsm(clf, x, y, targeted=True, eps=0.01)
+  np.testing.assert_allclose(targeted.adv.reshape(6, -1) - x.reshape(6, -1),
+                             -0.01 * np.sign(grad), atol=1e-6)
+
+
+def test_deepfool_finds_the_analytic_minimal_perturbation():
+  clf, w, b = _affine()
+  x = _mid_images(8)
+  expected = _nearest_boundary(w, b, x)
+  y = np.asarray(clf.predict(jnp.asarray(x)))
+  result = attacks.deepfool(clf, x, y, overshoot=0.02)
+  delta = (result.adv - x).reshape(8, -1)
+  assert result.success.all()
+  np.testing.assert_allclose(np.linalg.norm(delta, axis=1),
+                             1.02 * np.linalg.norm(expected, axis=1),
+                             rtol=2e-3)
+  cosine = np.sum(delta * expected, 1) / (
+      np.linalg.norm(delta, axis=1) * np.linalg.norm(expected, axis=1))
+  np.testing.assert_allclose(cosine, 1.0, atol=1e-4)
+
+
+@pytest.mark.parametrize('attack', [attacks.cw_l2, attacks.cw_l2_distance])
+def test_cw_is_within_a_few_percent_of_the_minimum(attack):
+  clf, w, b = _affine()
+  x = _mid_images(8)
+  minimum = np.linalg.norm(_nearest_boundary(w, b, x), axis=1)
+  y = np.asarray(clf.predict(jnp.asarray(x)))
+  result = attack(clf, x, y, initial_const=1.0, learning_rate=1e-2,
+                  max_iterations=500)
+  assert result.success.all()
+  assert np.all(result.l2 >= minimum * (1 - 1e-4))  # Nothing beats it.
+  assert np.all(result.l2 <= minimum * 1.05)
+
+
+@pytest.mark.parametrize('name', ['fgsm', 'bim', 'mim', 'pgd', 'cw_l2',
+                                  'cw_l2_distance', 'lbfgs'])
+def test_targeted_attacks_reach_the_target(name):
+  clf, _, _ = _affine(activation='softmax')
+  x = _mid_images(6)
+  y = np.asarray(clf.predict(jnp.asarray(x)))
+  t = attacks.random_targets(jax.random.key(0), y, 3)
+  assert np.all(t != y)
+  kwargs = {'eps': 0.5, 'eps_iter': 0.05} if name in (
+      'bim', 'mim', 'pgd') else {'eps': 0.5} if name == 'fgsm' else {
+          'initial_const': 10.0, 'max_iterations': 200}
+  result = attacks.get(name)(clf, x, t, targeted=True, **kwargs)
+  np.testing.assert_array_equal(result.success, result.prediction == t)
+  np.testing.assert_array_equal(
+      result.prediction, np.asarray(clf.predict(jnp.asarray(result.adv))))
+  if name != 'fgsm':  # One step need not suffice.
+    assert result.success.all()
+
+
+def _densenet_classifier(head='tanh'):
+  from mlrobust.models import densenet  # pylint: disable=g-import-not-at-top
+  model = densenet.DenseNet(num_outputs=8 if head == 'tanh' else 3, depth=7,
+                            growth_rate=2, stem_features=2, stem_stride=2)
+  variables = model.init(jax.random.key(0), jnp.zeros((1, 8, 8, 1)))
+  targets = (heads.make_codebook(jax.random.key(1), 3, 8) if head == 'tanh'
+             else jnp.eye(3))
+  return classifier.from_model(model, variables, targets, activation=head,
+                               loss='mse')
+
+
+@pytest.mark.parametrize('name', ['fgsm', 'bim', 'mim', 'pgd'])
+@pytest.mark.parametrize('targeted', [False, True])
+def test_linf_attacks_stay_in_ball_and_box(name, targeted):
+  clf = _densenet_classifier()
+  x = np.array(jax.random.uniform(jax.random.key(3), (5, 8, 8, 1)))
+  x[0] = 0.0
+  x[1] = 1.0  # Saturated images test the box.
+  x_copy = x.copy()
+  y = np.array([0, 1, 2, 0, 1], np.int32)
+  result = attacks.get(name)(clf, x, y, targeted=targeted, eps=0.1,
+                             rng=jax.random.key(4))
+  np.testing.assert_array_equal(x, x_copy)  # Input untouched.
+  assert np.all(np.abs(result.adv - x) <= 0.1 + 1e-6)
+  assert result.adv.min() >= 0 and result.adv.max() <= 1
+  np.testing.assert_allclose(result.linf, np.abs(result.adv - x).reshape(
+      5, -1).max(1), rtol=1e-6)
+
+
+def test_pgd_randomness_is_seeded():
+  clf = _densenet_classifier()
+  x = np.asarray(jax.random.uniform(jax.random.key(3), (4, 8, 8, 1)))
+  y = np.zeros(4, np.int32)
+  a = attacks.pgd(clf, x, y, eps=0.1, nb_iter=1, rng=jax.random.key(1))
+  b = attacks.pgd(clf, x, y, eps=0.1, nb_iter=1, rng=jax.random.key(1))
+  c = attacks.pgd(clf, x, y, eps=0.1, nb_iter=1, rng=jax.random.key(2))
+  np.testing.assert_array_equal(a.adv, b.adv)
+  assert not np.array_equal(a.adv, c.adv)
+
+
+def test_batches_give_the_same_result_as_one_call():
+  clf = _densenet_classifier()
+  x = np.asarray(jax.random.uniform(jax.random.key(3), (5, 8, 8, 1)))
+  y = np.zeros(5, np.int32)
+  whole = attacks.bim(clf, x, y, eps=0.1, nb_iter=3)
+  parts = attacks.bim(clf, x, y, eps=0.1, nb_iter=3, batch_size=2)
+  np.testing.assert_allclose(whole.adv, parts.adv, atol=1e-5)
+
+
+def test_eps_sweep_compiles_once(monkeypatch):
+  counted = jax.jit(chex.assert_max_traces(gradient._iterative.__wrapped__,
+                                           n=1),
+                    static_argnames=('targeted', 'loss', 'nb_iter',
+                                     'rand_init', 'momentum'))
+  monkeypatch.setattr(gradient, '_iterative', counted)
+  clf = _densenet_classifier()
+  x = np.asarray(jax.random.uniform(jax.random.key(3), (4, 8, 8, 1)))
+  y = np.zeros(4, np.int32)
+  for eps in (0.01, 0.05, 0.1, 0.2):
+    attacks.pgd(clf, x, y, eps=eps, nb_iter=2)
+
+
+def test_c_sweep_compiles_once(monkeypatch):
+  counted = jax.jit(chex.assert_max_traces(cw._cw.__wrapped__, n=1),
+                    static_argnames=('margin', 'targeted',
+                                     'binary_search_steps', 'max_iterations',
+                                     'abort_early'))
+  monkeypatch.setattr(cw, '_cw', counted)
+  clf = _densenet_classifier()
+  x = np.asarray(jax.random.uniform(jax.random.key(3), (4, 8, 8, 1)))
+  y = np.zeros(4, np.int32)
+  for c in (0.01, 0.1, 1.0, 10.0):
+    attacks.cw_l2(clf, x, y, initial_const=c, max_iterations=3,
+                  binary_search_steps=2)
+
+
+def test_cw_distance_success_agrees_with_decoding_on_codewords():
+  codebook = heads.make_codebook(jax.random.key(7), 3, 8)
+  w = 2.0 * jax.random.normal(jax.random.key(8), (N_PIX, 8))
+  clf = classifier.from_function(lambda x: x.reshape(len(x), -1) @ w - 4.0,
+                                 codebook, activation='tanh', loss='mse')
+  x = np.asarray(jax.random.uniform(jax.random.key(5), (6, *SHAPE)))
+  y = np.asarray(clf.predict(jnp.asarray(x)))
+  t = attacks.random_targets(jax.random.key(6), y, 3)
+  result = attacks.cw_l2_distance(clf, x, t, targeted=True,
+                                  initial_const=10.0, max_iterations=200)
+  pred = np.asarray(clf.predict(jnp.asarray(result.adv)))
+  np.testing.assert_array_equal(result.success, pred == t)
+  dist = np.array(heads.distances(clf.outputs(jnp.asarray(result.adv)),
+                                    clf.targets))
+  own = dist[np.arange(6), t]
+  dist[np.arange(6), t] = np.inf
+  np.testing.assert_array_equal(result.success, own <= dist.min(1))
+  assert result.success.any()
+  np.testing.assert_array_equal(result.adv[~result.success],
+                                x[~result.success])
+
+
+def _trained_mlp():
+  """A small MLP trained to ~100% on 3 synthetic classes of 8x8 images."""
+  rng = np.random.default_rng(0)
+  n = 600
+  y = rng.integers(0, 3, n)
+  x = rng.uniform(0, 0.3, (n, 8, 8, 1)).astype(np.float32)
+  for i, k in enumerate(y):
+    x[i, 2 * k:2 * k + 3, 1:7, 0] += 0.6
+  x = np.clip(x, 0, 1)
+
+  def fn(p, x):
+    h = jnp.tanh(x.reshape(len(x), -1) @ p['w1'] + p['b1'])
+    return h @ p['w2'] + p['b2']
+
+  k1, k2 = jax.random.split(jax.random.key(0))
+  params = {'w1': 0.1 * jax.random.normal(k1, (64, 32)), 'b1': jnp.zeros(32),
+            'w2': 0.1 * jax.random.normal(k2, (32, 3)), 'b2': jnp.zeros(3)}
+  tx = optax.adam(1e-2)
+  opt_state = tx.init(params)
+
+  @jax.jit
+  def step(params, opt_state):
+    loss = lambda p: jnp.mean(optax.softmax_cross_entropy_with_integer_labels(
+        fn(p, x), y))
+    g = jax.grad(loss)(params)
+    updates, opt_state = tx.update(g, opt_state)
+    return optax.apply_updates(params, updates), opt_state
+
+  for _ in range(300):
+    params, opt_state = step(params, opt_state)
+  clf = classifier.from_function(fn, jnp.eye(3), params=params,
+                                 activation='softmax', loss='ce')
+  return clf, x[:200], y[:200].astype(np.int32)
+
+
+def test_trained_model_pgd_beats_fgsm_and_targeted_success_rises():
+  clf, x, y = _trained_mlp()
+  assert np.mean(np.asarray(clf.predict(jnp.asarray(x))) == y) > 0.97
+  acc = lambda r: np.mean(r.prediction == y)
+  pgd_acc = acc(attacks.pgd(clf, x, y, eps=0.4, eps_iter=0.02))
+  fgsm_acc = acc(attacks.fgsm(clf, x, y, eps=0.4))
+  assert pgd_acc < 0.05
+  assert pgd_acc <= fgsm_acc
+  t = attacks.random_targets(jax.random.key(0), y, 3)
+  rates = [attacks.pgd(clf, x, t, targeted=True, eps=eps, eps_iter=0.02,
+                       rng=jax.random.key(1)).success.mean()
+           for eps in (0.02, 0.1, 0.2, 0.4)]
+  assert rates == sorted(rates) and rates[-1] > rates[0] + 0.5
+
+
+@pytest.mark.parametrize('kwargs, match', [
+    (dict(name='pgd', eps=-0.1), 'eps must be >= 0'),
+    (dict(name='bim', nb_iter=0), 'nb_iter must be >= 1'),
+    (dict(name='mim', loss='hinge'), 'unknown attack loss'),
+    (dict(name='cw_l2', initial_const=0.0), 'initial_const must be > 0'),
+    (dict(name='deepfool', targeted=True), 'untargeted only'),
+    (dict(name='lbfgs', targeted=False), 'targeted only'),
+])
+def test_invalid_parameters_raise(kwargs, match):
+  clf, _, _ = _affine()
+  name = kwargs.pop('name')
+  with pytest.raises(ValueError, match=match):
+    attacks.get(name)(clf, _mid_images(2), np.zeros(2, np.int32), **kwargs)
+
+
+@pytest.mark.parametrize('x, y, match', [
+    (np.full((2, *SHAPE), np.nan, np.float32), np.zeros(2, int), 'NaN'),
+    (np.full((2, *SHAPE), 1.5, np.float32), np.zeros(2, int), r'\[0, 1\]'),
+    (np.zeros((2, 16), np.float32), np.zeros(2, int), 'H, W, C'),
+    (np.zeros((2, *SHAPE), np.float32), np.zeros(3, int), 'shape'),
+    (np.zeros((2, *SHAPE), np.float32), np.array([0, 7]), r'\[0, 3\)'),
+])
+def test_bad_inputs_raise(x, y, match):
+  clf, _, _ = _affine()
+  with pytest.raises(ValueError, match=match):
+    attacks.fgsm(clf, x, y)
+
+
+def test_unknown_attack_lists_names():
+  with pytest.raises(ValueError, match='cw_l2_distance'):
+    attacks.get('jsma')
