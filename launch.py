@@ -1,7 +1,9 @@
 r"""Entry point: `python launch.py --config=configs/mnist.py:tanh_mse --workdir=W`.
 
 Modes (--mode): train (train or resume the run in the workdir, then print its
-clean test accuracy). Every config field can be overridden with
+clean test accuracy); attack (attack the trained model of the workdir with
+config.attack on config.eval.num_examples test images, print and save the
+result as JSON in <workdir>/attacks/). Every config field can be overridden with
 --config.a.b=value; see configs/common.py for the fields.
 """
 
@@ -13,6 +15,7 @@ from absl import flags
 from absl import logging
 from ml_collections import config_flags
 
+from mlrobust import attack_run
 from mlrobust import config_lib
 from mlrobust import train
 
@@ -21,7 +24,7 @@ _CONFIG = config_flags.DEFINE_config_file(
     lock_config=True)
 _WORKDIR = flags.DEFINE_string('workdir', None,
                                'Directory for checkpoints and results.')
-MODES = {'train': train.train_and_evaluate}
+MODES = {'train': train.train_and_evaluate, 'attack': attack_run.run_attack}
 _MODE = flags.DEFINE_enum('mode', 'train', sorted(MODES), 'What to run.')
 flags.mark_flags_as_required(['config', 'workdir'])
 
@@ -32,6 +35,8 @@ def main(argv):
   config = _CONFIG.value
   try:
     config_lib.validate(config)
+    if _MODE.value == 'attack':
+      attack_run.attack_params(config.attack)
   except ValueError as e:
     sys.exit(f'error: {e}')
   logging.info('Config (secrets redacted):\n%s',
@@ -41,6 +46,17 @@ def main(argv):
     print(f'clean test accuracy: {result["test_accuracy"]:.4f} on '
           f'{result["num_test"]} {result["dataset"]} test images '
           f'(step {result["step"]}, {result["wall_s"]:.0f} s)')
+  elif _MODE.value == 'attack':
+    r = result
+    metric = 'success rate' if r['targeted'] else 'accuracy under attack'
+    l2, linf = r['median_l2_successful'], r['median_linf_successful']
+    print(f'{r["attack"]} ({"targeted" if r["targeted"] else "untargeted"}) '
+          f'on {r["num_examples"]} {r["dataset"]} test images, '
+          f'{r["preset"]} {r["model"]}: clean accuracy '
+          f'{r["clean_accuracy"]:.4f}, {metric} {r[r["metric"]]:.4f}; '
+          f'median L2 {l2 if l2 is None else round(l2, 4)}, median Linf '
+          f'{linf if linf is None else round(linf, 4)} of successful '
+          f'examples ({r["wall_s"]:.0f} s)\n{r["path"]}')
 
 
 if __name__ == '__main__':

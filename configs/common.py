@@ -83,6 +83,28 @@ def get_config(dataset: str, arg: str | None, num_classes: int = 10):
 
   c.eval = config_dict.ConfigDict()
   c.eval.batch_size = 500
+  c.eval.num_examples = 1000  # Test images attacked (0 = the whole split).
+
+  # --mode=attack. Unset (None) parameters take the attack's defaults, which
+  # are cleverhans v2.1's as the paper used them (see mlrobust/attacks).
+  c.attack = config_dict.ConfigDict()
+  c.attack.name = 'pgd'
+  c.attack.targeted = False
+  c.attack.loss = config_dict.placeholder(str)
+  c.attack.eps = config_dict.placeholder(float)
+  c.attack.eps_iter = config_dict.placeholder(float)
+  c.attack.nb_iter = config_dict.placeholder(int)
+  c.attack.decay = config_dict.placeholder(float)
+  c.attack.initial_const = config_dict.placeholder(float)
+  c.attack.binary_search_steps = config_dict.placeholder(int)
+  c.attack.max_iterations = config_dict.placeholder(int)
+  c.attack.learning_rate = config_dict.placeholder(float)
+  c.attack.confidence = config_dict.placeholder(float)
+  c.attack.max_iter = config_dict.placeholder(int)
+  c.attack.nb_candidate = config_dict.placeholder(int)
+  c.attack.overshoot = config_dict.placeholder(float)
+  c.attack.batch_size = 128  # Images per compiled attack call.
+  c.attack.seed = 0  # Random targets and PGD starts.
 
   if size == 'cpu':
     # DenseNet-13, growth 8, stride-2 stem: ~40k parameters.
@@ -116,4 +138,5 @@ def get_config(dataset: str, arg: str | None, num_classes: int = 10):
     c.train.num_epochs = 2
     c.train.log_every_steps = 4
     c.eval.batch_size = 64
+    c.eval.num_examples = 32
   return c
