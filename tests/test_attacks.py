@@ -172,7 +172,7 @@ def test_eps_sweep_compiles_once(monkeypatch):
   counted = jax.jit(chex.assert_max_traces(gradient._iterative.__wrapped__,
                                            n=1),
                     static_argnames=('targeted', 'loss', 'nb_iter',
-                                     'rand_init', 'momentum'))
+                                     'rand_init', 'momentum', 'unroll'))
   monkeypatch.setattr(gradient, '_iterative', counted)
   clf = _densenet_classifier()
   x = np.asarray(jax.random.uniform(jax.random.key(3), (4, 8, 8, 1)))

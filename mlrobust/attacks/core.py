@@ -6,6 +6,7 @@ Success is decided by the generic decoding: prediction != y (untargeted) or
 prediction == y (targeted, y = target classes).
 """
 
+import functools
 from typing import Callable, NamedTuple
 
 import jax
@@ -131,14 +132,18 @@ def run_batched(fn: Callable, clf, x: np.ndarray, y: np.ndarray, *,
     xb = jnp.asarray(x[start:start + batch_size])
     yb = jnp.asarray(y[start:start + batch_size])
     adv, pred = fn(clf, xb, yb, jax.random.fold_in(rng, i), **kwargs)
-    l2, linf = per_example_norms(adv - xb)
-    outs.append(jax.device_get((adv, is_success(pred, yb, targeted), l2,
-                                linf, pred)))
+    outs.append(jax.device_get(_outcome(adv, xb, pred, yb, targeted)))
   if not outs:
     empty = np.zeros((0,), np.float32)
     return AttackResult(x.copy(), empty.astype(bool), empty, empty,
                         empty.astype(np.int32))
   return AttackResult(*(np.concatenate(parts) for parts in zip(*outs)))
+
+
+@functools.partial(jax.jit, static_argnums=(4,))
+def _outcome(adv, x, pred, y, targeted):
+  l2, linf = per_example_norms(adv - x)
+  return adv, is_success(pred, y, targeted), l2, linf, pred
 
 
 def random_targets(key: jax.Array, labels, num_classes: int) -> np.ndarray:

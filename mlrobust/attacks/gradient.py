@@ -36,10 +36,23 @@ def _l1_normalise(g):
   return g / jnp.maximum(norm, 1e-12)
 
 
+# XLA:CPU runs a convolution inside a while loop about 4x slower than the
+# same convolution in straight-line code (measured: benchmarks/attacks.py and
+# BENCHMARKS.md), so on the CPU the loop is unrolled when it is short enough
+# to compile in seconds. It is still one compiled program.
+_CPU_UNROLL_LIMIT = 64
+
+
+def _unroll(nb_iter: int) -> int:
+  cpu = jax.default_backend() == 'cpu'
+  return nb_iter if cpu and nb_iter <= _CPU_UNROLL_LIMIT else 1
+
+
 @functools.partial(jax.jit, static_argnames=('targeted', 'loss', 'nb_iter',
-                                             'rand_init', 'momentum'))
+                                             'rand_init', 'momentum',
+                                             'unroll'))
 def _iterative(clf, x, y, rng, eps, eps_iter, decay, *, targeted, loss,
-               nb_iter, rand_init, momentum):
+               nb_iter, rand_init, momentum, unroll=1):
   """The shared loop; returns (adversarial images, their predictions)."""
   eps = jnp.asarray(eps, x.dtype)
   eps_iter = jnp.asarray(eps_iter, x.dtype)
@@ -58,7 +71,8 @@ def _iterative(clf, x, y, rng, eps, eps_iter, decay, *, targeted, loss,
     x_adv = _project(x_adv + eps_iter * jnp.sign(g), x, eps)
     return x_adv, velocity
 
-  x_adv, _ = jax.lax.fori_loop(0, nb_iter, body, (x_adv, jnp.zeros_like(x)))
+  x_adv, _ = jax.lax.fori_loop(0, nb_iter, body, (x_adv, jnp.zeros_like(x)),
+                               unroll=unroll)
   x_adv = jax.lax.stop_gradient(x_adv)
   return x_adv, clf.predict(x_adv)
 
@@ -72,7 +86,7 @@ def _attack(clf, x, y, *, targeted, rng, eps, eps_iter, nb_iter, loss,
   x, y = core.check_inputs(clf, x, y, targeted=targeted)
   fn = functools.partial(_iterative, targeted=targeted, loss=loss,
                          nb_iter=nb_iter, rand_init=rand_init,
-                         momentum=momentum)
+                         momentum=momentum, unroll=_unroll(nb_iter))
   return core.run_batched(
       lambda clf, x, y, key: fn(clf, x, y, key, eps, eps_iter, decay), clf, x,
       y, batch_size=batch_size, targeted=targeted, rng=core.default_rng(rng))

@@ -1,0 +1,99 @@
+r"""Attack cost against its lower bound: nb_iter x one input-gradient step.
+
+For each attack on the `cpu` DenseNet (MNIST shape, tanh_mse head, random
+weights: the cost of a fixed number of iterations does not depend on them) and
+a batch of 128 images, prints the wall time per image and the ratio
+
+  attack time / (iterations x time of one jitted input-gradient step)
+
+measured in the same process after warm-up. The gradient family runs its
+cleverhans iteration counts; CW and L-BFGS run one binary-search round of a
+fixed number of iterations with early abort off, so the ratio is their time per
+iteration relative to one gradient step. DeepFool runs a fixed max_iter on
+images it cannot fool within it (overshoot 0), so it runs every iteration;
+each of its iterations takes nb_candidate gradients.
+
+  python benchmarks/attacks.py            # see BENCHMARKS.md
+"""
+
+import platform
+import time
+
+from absl import app
+from absl import flags
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from configs import common
+from mlrobust import attacks
+from mlrobust import classifier as classifier_lib
+from mlrobust import heads
+from mlrobust import train
+
+_BATCH = flags.DEFINE_integer('batch_size', 128, 'Images per batch.')
+_REPEATS = flags.DEFINE_integer('repeats', 3, 'Timed runs per attack.')
+_PRESET = flags.DEFINE_string('preset', 'tanh_mse', 'Config preset.')
+
+
+def _timed(fn, repeats):
+  fn()  # Compile.
+  times = []
+  for _ in range(repeats):
+    start = time.perf_counter()
+    fn()
+    times.append(time.perf_counter() - start)
+  return float(np.median(times))
+
+
+def main(argv):
+  del argv
+  config = common.get_config('mnist', f'{_PRESET.value},cpu')
+  model = train.make_model(config)
+  variables = model.init(jax.random.key(0), jnp.zeros((1, 28, 28, 1)))
+  targets = heads.make_targets(config.head.targets, 10, config.head.dim,
+                               jax.random.key(1))
+  clf = classifier_lib.from_model(model, variables, targets,
+                                  activation=config.head.activation,
+                                  loss=config.loss)
+  rng = np.random.default_rng(0)
+  b = _BATCH.value
+  x = rng.uniform(0, 1, (b, 28, 28, 1)).astype(np.float32)
+  y = rng.integers(0, 10, b).astype(np.int32)
+  xj, yj = jnp.asarray(x), jnp.asarray(y)
+
+  @jax.jit
+  def input_grad(clf, x, y):
+    return jax.grad(lambda x: jnp.sum(clf.loss(x, y)))(x)
+
+  grad_s = _timed(lambda: jax.block_until_ready(input_grad(clf, xj, yj)),
+                  _REPEATS.value * 3)
+  cases = [
+      ('fgsm', {}, 1),
+      ('bim', {}, 10),
+      ('mim', {}, 10),
+      ('pgd', {}, 40),
+      ('deepfool', {'max_iter': 10, 'overshoot': 0.0}, 10),
+      ('cw_l2', {'max_iterations': 50, 'binary_search_steps': 1,
+                 'abort_early': False}, 50),
+      ('cw_l2_distance', {'max_iterations': 50, 'binary_search_steps': 1,
+                          'abort_early': False}, 50),
+      ('lbfgs', {'max_iterations': 20, 'binary_search_steps': 1}, 20),
+  ]
+  print(f'# cpu DenseNet-{config.model.depth}-k{config.model.growth_rate} '
+        f'({_PRESET.value}), batch {b}, jax {jax.__version__}, '
+        f'{platform.machine()} {jax.devices()[0].device_kind}')
+  print(f'# one input-gradient step: {grad_s * 1e3:.1f} ms per batch')
+  print('| attack | iterations | ms per image | attack / (iterations x '
+        'gradient step) |')
+  print('|---|---|---|---|')
+  for name, params, iters in cases:
+    targeted = name == 'lbfgs'
+    fn = lambda: attacks.get(name)(clf, x, y, targeted=targeted, **params)
+    t = _timed(fn, _REPEATS.value)
+    print(f'| {name} | {iters} | {t / b * 1e3:.2f} | '
+          f'{t / (iters * grad_s):.2f} |', flush=True)
+
+
+if __name__ == '__main__':
+  app.run(main)
