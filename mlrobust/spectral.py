@@ -1,0 +1,237 @@
+"""Lipschitz bounds of layers: conv spectra by FFT, exact norms, network bounds.
+
+Plain functions of kernel arrays and parameter trees (no model state).
+
+Convolutions. A flax conv kernel has shape [kh, kw, c_in, c_out].
+- `conv_singular_values_circular(kernel, n)`: all singular values of the
+  *circular* (wrap-around) stride-1 convolution on n x n inputs. Following
+  Sedghi, Gupta & Long (2018), "The singular values of convolutional layers",
+  the operator is block-diagonalised by the 2-D DFT: for every frequency
+  (u, v) the singular values are those of the c_in x c_out matrix of
+  transformed kernel entries FFT2(kernel, s=(n, n))[u, v]. This is the
+  quantity Saito & Roy's Figure 4 reports.
+- `conv_norm_zero_padded(kernel, n)`: the largest singular value of the
+  zero-padded ('SAME') convolution the model actually computes, by power
+  iteration with its exact transpose (`jax.linear_transpose`).
+- `conv_norm_upper_bound(kernel, n)`: a guaranteed upper bound on that norm:
+  the circular norm on (n + k - 1) x (n + k - 1) inputs. The zero-padded
+  convolution equals crop o circular-conv o zero-embed on that larger grid,
+  and cropping and embedding have norm 1.
+The circular norm at size n is NOT an upper bound of the zero-padded norm
+(it can be smaller); use `conv_norm_upper_bound` for guarantees. For a strided
+convolution (stride s), the stride-1 values above bound it from above
+(subsampling has norm 1).
+
+Other layers: dense layers (largest singular value), eval-mode BatchNorm
+(max |gamma / sqrt(var + eps)|), 2x2 average pooling (1/2), global average
+pooling over h x w (1 / sqrt(h w)), ReLU, tanh and softmax (1).
+
+Networks: `densenet_bounds` walks a DenseNet's parameters in order and returns
+(i) the paper's product of layer norms, Lambda^l = ||theta^l|| Lambda^{l-1}
+(Saito & Roy Section 3.4), which ignores the identity path of the dense
+connections and therefore is not a valid bound for a DenseNet; and (ii) a
+valid bound that respects the structure: a composite layer maps x to
+[x, h(x)], whose Lipschitz constant is sqrt(1 + L_h^2).
+"""
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+
+def conv_singular_values_circular(kernel: jax.Array, n: int) -> jax.Array:
+  """Singular values [n, n, min(c_in, c_out)] of the circular conv on n x n."""
+  kh, kw = kernel.shape[:2]
+  if kh > n or kw > n:
+    raise ValueError(f'kernel {kh}x{kw} is larger than the input size {n}')
+  transformed = jnp.fft.fft2(kernel, s=(n, n), axes=(0, 1))
+  return jnp.linalg.svd(transformed, compute_uv=False)
+
+
+def conv_norm_circular(kernel: jax.Array, n: int) -> jax.Array:
+  """Largest singular value of the circular stride-1 conv on n x n inputs."""
+  return jnp.max(conv_singular_values_circular(kernel, n))
+
+
+def conv_norm_upper_bound(kernel: jax.Array, n: int) -> jax.Array:
+  """Guaranteed upper bound on the zero-padded ('SAME') conv norm at size n."""
+  k = max(kernel.shape[0], kernel.shape[1])
+  return conv_norm_circular(kernel, n + k - 1)
+
+
+def _conv_fn(kernel, n, stride):
+  def conv(x):
+    return jax.lax.conv_general_dilated(
+        x[None], kernel, (stride, stride), 'SAME',
+        dimension_numbers=('NHWC', 'HWIO', 'NHWC'))[0]
+  shape = jax.ShapeDtypeStruct((n, n, kernel.shape[2]), kernel.dtype)
+  return conv, shape
+
+
+def conv_norm_zero_padded(kernel: jax.Array, n: int, *, stride: int = 1,
+                          num_iters: int = 200,
+                          key: jax.Array | None = None) -> jax.Array:
+  """Operator norm of the zero-padded conv on n x n, by power iteration.
+
+  Iterates v <- A^T A v / ||A^T A v|| with A's exact transpose; returns
+  ||A v|| (a lower estimate that converges to the norm from below).
+  """
+  conv, shape = _conv_fn(kernel, n, stride)
+  transpose = jax.linear_transpose(conv, shape)
+  key = jax.random.key(0) if key is None else key
+  v = jax.random.normal(key, shape.shape, kernel.dtype)
+
+  def body(_, v):
+    w = transpose(conv(v))[0]
+    return w / jnp.linalg.norm(w)
+
+  v = jax.lax.fori_loop(0, num_iters, body, v / jnp.linalg.norm(v))
+  return jnp.linalg.norm(conv(v))
+
+
+def conv_dense_matrix(kernel: jax.Array, n: int, *, stride: int = 1,
+                      circular: bool = False) -> np.ndarray:
+  """The conv as an explicit matrix (tiny sizes only; for tests and checks)."""
+  c_in = kernel.shape[2]
+  if circular:
+    kh, kw = kernel.shape[:2]
+
+    def conv(x):
+      # Wrap-around padding, then a VALID conv, gives the circular conv with
+      # the same alignment as 'SAME'.
+      ph, pw = (kh - 1) // 2, (kw - 1) // 2
+      x = jnp.pad(x, ((ph, kh - 1 - ph), (pw, kw - 1 - pw), (0, 0)),
+                  mode='wrap')
+      return jax.lax.conv_general_dilated(
+          x[None], kernel, (stride, stride), 'VALID',
+          dimension_numbers=('NHWC', 'HWIO', 'NHWC'))[0]
+  else:
+    conv, _ = _conv_fn(kernel, n, stride)
+  basis = jnp.eye(n * n * c_in).reshape(-1, n, n, c_in)
+  columns = jax.vmap(conv)(basis).reshape(n * n * c_in, -1)
+  return np.asarray(columns).T
+
+
+def dense_norm(w: jax.Array) -> jax.Array:
+  """Largest singular value of a dense kernel [in, out]."""
+  return jnp.linalg.norm(w, 2)
+
+
+def batchnorm_factor(scale: jax.Array, var: jax.Array,
+                     eps: float = 1e-5) -> jax.Array:
+  """Lipschitz constant of eval-mode BatchNorm: max |gamma / sqrt(var+eps)|."""
+  return jnp.max(jnp.abs(scale / jnp.sqrt(var + eps)))
+
+
+AVG_POOL_2X2 = 0.5  # Each output averages 4 inputs: ||(1/4) 1^T|| = 1/2.
+
+
+def global_avg_pool_factor(h: int, w: int) -> float:
+  return 1.0 / float(np.sqrt(h * w))
+
+
+def _sorted_modules(tree: dict, prefix: str) -> list:
+  names = [k for k in tree if k.startswith(prefix)]
+  return sorted(names, key=lambda k: int(k.rsplit('_', 1)[1]))
+
+
+def densenet_bounds(variables: Any, image_size: int, *,
+                    method: str = 'upper', stem_stride: int = 1,
+                    bn_eps: float = 1e-5) -> dict:
+  """Per-layer norms and whole-network Lipschitz bounds of a DenseNet.
+
+  Args:
+    variables: {'params': ..., 'batch_stats': ...} of
+      `mlrobust.models.densenet.DenseNet` (input to pre-activation outputs).
+    image_size: input height (= width).
+    method: how each conv is measured: 'upper' (guaranteed bound, the default
+      for the network bound), 'circular' (the paper's FFT at the layer's input
+      size) or 'exact' (power iteration on the zero-padded conv).
+    stem_stride: the model's stem stride.
+    bn_eps: BatchNorm epsilon.
+
+  Returns:
+    {'layers': [(name, kind, norm)], 'product': the paper's product of all
+     layer factors, 'structured': the bound that accounts for the dense
+     connections}. Only 'structured' with method='upper' is a guaranteed
+     bound of the map from images to pre-activation outputs (L2 to L2); the
+     head activation (softmax, tanh) adds a factor of at most 1.
+  """
+  params, stats = variables['params'], variables['batch_stats']
+  layers = []
+
+  def conv_norm(kernel, n, name):
+    if method == 'upper':
+      value = conv_norm_upper_bound(kernel, n)
+    elif method == 'circular':
+      value = conv_norm_circular(kernel, n)
+    elif method == 'exact':
+      value = conv_norm_zero_padded(kernel, n)
+    else:
+      raise ValueError(f"unknown method {method!r}; choose 'upper', "
+                       f"'circular' or 'exact'")
+    layers.append((name, 'conv', float(value)))
+    return float(value)
+
+  def bn(p, s, name):
+    value = float(batchnorm_factor(p['scale'], s['var'], bn_eps))
+    layers.append((name, 'batchnorm', value))
+    return value
+
+  n = image_size
+  product = conv_norm(params['Conv_0']['kernel'], n, 'stem')
+  structured = product
+  n = -(-n // stem_stride)
+  blocks = _sorted_modules(params, '_CompositeLayer_')
+  transitions = _sorted_modules(params, '_Transition_')
+  per_block = len(blocks) // (len(transitions) + 1)
+  for i, name in enumerate(blocks):
+    p, s = params[name], stats[name]
+    bn_names = _sorted_modules(p, 'BatchNorm_')
+    conv_names = _sorted_modules(p, 'Conv_')
+    lip = 1.0
+    for bn_name, conv_name in zip(bn_names, conv_names):
+      lip *= bn(p[bn_name], s[bn_name], f'{name}/{bn_name}')
+      lip *= conv_norm(p[conv_name]['kernel'], n, f'{name}/{conv_name}')
+    product *= lip
+    structured *= float(np.sqrt(1.0 + lip ** 2))
+    if (i + 1) % per_block == 0 and (i + 1) // per_block <= len(transitions):
+      t = transitions[(i + 1) // per_block - 1]
+      lip = bn(params[t]['BatchNorm_0'], stats[t]['BatchNorm_0'],
+               f'{t}/BatchNorm_0')
+      lip *= conv_norm(params[t]['Conv_0']['kernel'], n, f'{t}/Conv_0')
+      lip *= AVG_POOL_2X2
+      layers.append((f'{t}/avg_pool', 'pool', AVG_POOL_2X2))
+      product *= lip
+      structured *= lip
+      n //= 2
+  final = bn(params['BatchNorm_0'], stats['BatchNorm_0'], 'final/BatchNorm_0')
+  pool = global_avg_pool_factor(n, n)
+  layers.append(('global_avg_pool', 'pool', pool))
+  dense = float(dense_norm(params['Dense_0']['kernel']))
+  layers.append(('Dense_0', 'dense', dense))
+  product *= final * pool * dense
+  structured *= final * pool * dense
+  return {'layers': layers, 'product': product, 'structured': structured}
+
+
+def certified_radius(outputs: jax.Array, targets: jax.Array,
+                     labels: jax.Array, lipschitz: float) -> jax.Array:
+  """L2 radius [B] within which nearest-target decoding keeps `labels`.
+
+  With outputs o = f(x) and ||f(x + d) - f(x)|| <= L ||d||, class y stays the
+  nearest target for every ||d|| < min_{k != y} (||o - t_k||^2 - ||o - t_y||^2)
+  / (2 L ||t_k - t_y||): each difference of squared distances is affine in o
+  with gradient norm 2 ||t_k - t_y||. A negative value means the example is
+  already misclassified (no certificate).
+  """
+  sq = jnp.sum(jnp.square(outputs[:, None, :] - targets[None]), axis=-1)
+  own = jnp.take_along_axis(sq, labels[:, None], axis=1)
+  gaps = jnp.linalg.norm(targets[:, None, :] - targets[None], axis=-1)
+  gap_y = gaps[labels]  # [B, K]
+  radius = (sq - own) / (2.0 * lipschitz * jnp.where(gap_y > 0, gap_y, 1.0))
+  radius = jnp.where(jax.nn.one_hot(labels, targets.shape[0], dtype=bool),
+                     jnp.inf, radius)
+  return jnp.min(radius, axis=1)
