@@ -3,7 +3,8 @@ r"""Entry point: `python launch.py --config=configs/mnist.py:tanh_mse --workdir=
 Modes (--mode): train (train or resume the run in the workdir, then print its
 clean test accuracy); attack (attack the trained model of the workdir with
 config.attack on config.eval.num_examples test images, print and save the
-result as JSON in <workdir>/attacks/). Every config field can be overridden with
+result as JSON in <workdir>/attacks/); lipschitz (per-layer Lipschitz bounds and
+certified accuracy, written to <workdir>/lipschitz.json). Every config field can be overridden with
 --config.a.b=value; see configs/common.py for the fields.
 """
 
@@ -17,6 +18,7 @@ from ml_collections import config_flags
 
 from mlrobust import attack_run
 from mlrobust import config_lib
+from mlrobust import lipschitz_run
 from mlrobust import train
 
 _CONFIG = config_flags.DEFINE_config_file(
@@ -24,7 +26,8 @@ _CONFIG = config_flags.DEFINE_config_file(
     lock_config=True)
 _WORKDIR = flags.DEFINE_string('workdir', None,
                                'Directory for checkpoints and results.')
-MODES = {'train': train.train_and_evaluate, 'attack': attack_run.run_attack}
+MODES = {'train': train.train_and_evaluate, 'attack': attack_run.run_attack,
+         'lipschitz': lipschitz_run.run_lipschitz}
 _MODE = flags.DEFINE_enum('mode', 'train', sorted(MODES), 'What to run.')
 flags.mark_flags_as_required(['config', 'workdir'])
 
@@ -57,6 +60,14 @@ def main(argv):
           f'median L2 {l2 if l2 is None else round(l2, 4)}, median Linf '
           f'{linf if linf is None else round(linf, 4)} of successful '
           f'examples ({r["wall_s"]:.0f} s)\n{r["path"]}')
+  else:
+    c = result['certificate']
+    print(f'{result["dataset"]} {result["preset"]} {result["model"]}: '
+          f'network Lipschitz bound {c["lipschitz_bound"]:.4g} (paper\'s '
+          f'product of circular norms '
+          f'{result["network"]["circular"]["product"]:.4g}); certified '
+          f'accuracy at L2 radius {c["certified_accuracy_l2"]} on '
+          f'{c["num_examples"]} test images\n{result["path"]}')
 
 
 if __name__ == '__main__':

@@ -46,3 +46,14 @@ def smoke_config(preset='tanh_mse', data_dirs=None, **overrides):
 @pytest.fixture(autouse=True, scope='session')
 def _fast_compile():
   jax.config.update('jax_disable_most_optimizations', True)
+
+
+@pytest.fixture
+def trained(mock_mnist, tmp_path):
+  """A smoke tanh_mse run trained for one epoch on mock MNIST."""
+  from mlrobust import train  # pylint: disable=g-import-not-at-top
+  config = smoke_config('tanh_mse', mock_mnist, **{'train.num_epochs': 1})
+  config.head.codebook_key = 11
+  workdir = str(tmp_path / 'run')
+  train.train_and_evaluate(config, workdir)
+  return config, workdir

@@ -7,18 +7,7 @@ import pytest
 
 from mlrobust import attack_run
 from mlrobust import checkpoints
-from mlrobust import train
 from tests import conftest
-
-
-@pytest.fixture
-def trained(mock_mnist, tmp_path):
-  config = conftest.smoke_config('tanh_mse', mock_mnist,
-                                 **{'train.num_epochs': 1})
-  config.head.codebook_key = 11
-  workdir = str(tmp_path / 'run')
-  train.train_and_evaluate(config, workdir)
-  return config, workdir
 
 
 @pytest.mark.parametrize('name, targeted, extra', [

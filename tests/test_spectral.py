@@ -79,3 +79,31 @@ def test_certified_radius_closed_form():
   # Boundary at o_1 = 1; with L = 2 the input radius is half the output one.
   radius = spectral.certified_radius(outputs, targets, jnp.array([0, 0]), 2.0)
   np.testing.assert_allclose(radius, [0.25, -0.25], rtol=1e-6)
+
+
+def test_no_attack_finds_an_adversarial_example_inside_the_radius():
+  from mlrobust import attacks  # pylint: disable=g-import-not-at-top
+  from mlrobust import classifier  # pylint: disable=g-import-not-at-top
+  from tests import test_attacks  # pylint: disable=g-import-not-at-top
+  clf, x, y = test_attacks._trained_mlp()  # pylint: disable=protected-access
+  x, y = x[:64], y[:64]
+  p = clf.variables
+  # tanh is 1-Lipschitz and softmax is too, so the product bounds the map
+  # from images to head outputs.
+  lip = float(spectral.dense_norm(p['w1']) * spectral.dense_norm(p['w2']))
+  radius = np.asarray(spectral.certified_radius(
+      clf.outputs(jnp.asarray(x)), clf.targets, jnp.asarray(y), lip))
+  assert np.mean(radius > 0) > 0.9  # Most examples are certified.
+  for result in (attacks.deepfool(clf, x, y),
+                 attacks.cw_l2(clf, x, y, initial_const=10.0,
+                               max_iterations=300),
+                 attacks.cw_l2_distance(clf, x, y, initial_const=10.0,
+                                        max_iterations=300)):
+    fooled = result.success & (radius > 0)
+    assert fooled.any()
+    assert np.all(result.l2[fooled] >= radius[fooled])
+  # Linf balls inside the certified L2 balls: PGD must fail everywhere there.
+  eps = float(np.min(radius[radius > 0])) / np.sqrt(x[0].size)
+  pgd = attacks.pgd(clf, x, y, eps=eps, eps_iter=eps / 4)
+  assert not np.any(pgd.success & (radius > 0))
+  del classifier
