@@ -71,12 +71,13 @@ def test_fgsm_is_eps_sign_of_the_analytic_gradient():
                              -0.01 * np.sign(grad), atol=1e-6)
 
 
-def test_deepfool_finds_the_analytic_minimal_perturbation():
+@pytest.mark.parametrize('scores', ['distance', 'logits'])
+def test_deepfool_finds_the_analytic_minimal_perturbation(scores):
   clf, w, b = _affine()
   x = _mid_images(8)
   expected = _nearest_boundary(w, b, x)
   y = np.asarray(clf.predict(jnp.asarray(x)))
-  result = attacks.deepfool(clf, x, y, overshoot=0.02)
+  result = attacks.deepfool(clf, x, y, overshoot=0.02, scores=scores)
   delta = (result.adv - x).reshape(8, -1)
   assert result.success.all()
   np.testing.assert_allclose(np.linalg.norm(delta, axis=1),

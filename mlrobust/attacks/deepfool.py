@@ -7,28 +7,40 @@ nearest linearised boundary, repeating until the prediction changes or
 highest scores at the clean image are considered, and the attack moves away
 from the clean prediction.
 
-The linearised scores are minus half the squared distances to the targets.
-They decide exactly like the distance scores, and their pairwise differences
-are affine in the outputs: for a model whose outputs are affine in x (the
-setting DeepFool's derivation assumes) one step lands on the boundary.
+The linearised scores (`scores='auto'`) are minus half the squared distances
+of the outputs to the targets. They decide exactly like the distance scores,
+and their pairwise differences are affine in the outputs: for a model whose
+outputs are affine in x (the setting DeepFool's derivation assumes) one step
+lands on the boundary. For a softmax head with one-hot targets the decoding is
+the argmax of the pre-activations, and 'auto' linearises those instead, as
+cleverhans does: softmax probabilities saturate, their gradients vanish, and
+linear steps on them overshoot far outside the image box (measured on the
+MNIST `cpu` softmax_ce model: median L2 19.5 instead of about 1).
 """
 
 import functools
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from mlrobust import heads
 from mlrobust.attacks import core
 
 
-@functools.partial(jax.jit, static_argnames=('nb_candidate',))
-def _deepfool(clf, x, y, rng, overshoot, max_iter, *, nb_candidate):
+SCORES = ('auto', 'logits', 'distance')
+
+
+@functools.partial(jax.jit, static_argnames=('nb_candidate', 'use_logits'))
+def _deepfool(clf, x, y, rng, overshoot, max_iter, *, nb_candidate,
+              use_logits):
   del y, rng
   b = x.shape[0]
   pixel_axes = tuple(range(1, x.ndim))
 
   def half_sq_scores(x):
+    if use_logits:
+      return clf.logits(x)
     return -0.5 * heads.squared_distances(clf.outputs(x), clf.targets)
 
   candidates = jax.lax.top_k(clf.scores(x), nb_candidate)[1]  # [B, nc]
@@ -71,8 +83,15 @@ def _deepfool(clf, x, y, rng, overshoot, max_iter, *, nb_candidate):
   return adv, clf.predict(adv)
 
 
+def _decodes_as_argmax_of_logits(clf) -> bool:
+  targets = np.asarray(clf.targets)
+  return (clf.activation in ('softmax', 'identity') and
+          targets.shape[0] == targets.shape[1] and
+          np.array_equal(targets, np.eye(targets.shape[0])))
+
+
 def deepfool(clf, x, y, *, targeted=False, rng=None, nb_candidate=10,
-             overshoot=0.02, max_iter=50,
+             overshoot=0.02, max_iter=50, scores='auto',
              batch_size=None) -> core.AttackResult:
   """Untargeted DeepFool.
 
@@ -86,6 +105,9 @@ def deepfool(clf, x, y, *, targeted=False, rng=None, nb_candidate=10,
       (capped at the number of classes; >= 2).
     overshoot: the final perturbation is scaled by 1 + overshoot.
     max_iter: maximum linearisation steps (the paper sweeps 10 ... 40).
+    scores: what is linearised: 'distance' (minus half squared distances),
+      'logits' (pre-activations; only valid where the decoding is their
+      argmax) or 'auto' (see module docstring).
     batch_size: examples per compiled call (None: all at once).
   """
   if targeted:
@@ -93,9 +115,17 @@ def deepfool(clf, x, y, *, targeted=False, rng=None, nb_candidate=10,
   core.check_param('nb_candidate', nb_candidate, minimum=2, integer=True)
   core.check_param('overshoot', overshoot, minimum=0)
   core.check_param('max_iter', max_iter, minimum=1, integer=True)
+  if scores not in SCORES:
+    raise ValueError(f'unknown scores {scores!r}; choose one of {SCORES}')
+  argmax_logits = _decodes_as_argmax_of_logits(clf)
+  if scores == 'logits' and not argmax_logits:
+    raise ValueError("scores='logits' needs one-hot targets with a softmax "
+                     "or identity head (the decoding must be the argmax of "
+                     "the logits)")
+  use_logits = scores == 'logits' or (scores == 'auto' and argmax_logits)
   x, y = core.check_inputs(clf, x, y, targeted=False)
   nc = min(nb_candidate, clf.num_classes)
-  fn = functools.partial(_deepfool, nb_candidate=nc)
+  fn = functools.partial(_deepfool, nb_candidate=nc, use_logits=use_logits)
   return core.run_batched(
       lambda clf, x, y, key: fn(clf, x, y, key, overshoot, max_iter), clf, x,
       y, batch_size=batch_size, targeted=False, rng=core.default_rng(rng))
