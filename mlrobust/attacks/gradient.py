@@ -43,16 +43,16 @@ def _l1_normalise(g):
 _CPU_UNROLL_LIMIT = 64
 
 
-def _unroll(nb_iter: int) -> int:
-  cpu = jax.default_backend() == 'cpu'
-  return nb_iter if cpu and nb_iter <= _CPU_UNROLL_LIMIT else 1
+def _unroll(nb_iter: int) -> bool:
+  # True, not nb_iter: an integer unroll keeps a (one-trip) while loop.
+  return jax.default_backend() == 'cpu' and nb_iter <= _CPU_UNROLL_LIMIT
 
 
 @functools.partial(jax.jit, static_argnames=('targeted', 'loss', 'nb_iter',
                                              'rand_init', 'momentum',
                                              'unroll'))
 def _iterative(clf, x, y, rng, eps, eps_iter, decay, *, targeted, loss,
-               nb_iter, rand_init, momentum, unroll=1):
+               nb_iter, rand_init, momentum, unroll=False):
   """The shared loop; returns (adversarial images, their predictions)."""
   eps = jnp.asarray(eps, x.dtype)
   eps_iter = jnp.asarray(eps_iter, x.dtype)
@@ -71,8 +71,15 @@ def _iterative(clf, x, y, rng, eps, eps_iter, decay, *, targeted, loss,
     x_adv = _project(x_adv + eps_iter * jnp.sign(g), x, eps)
     return x_adv, velocity
 
-  x_adv, _ = jax.lax.fori_loop(0, nb_iter, body, (x_adv, jnp.zeros_like(x)),
-                               unroll=unroll)
+  carry = (x_adv, jnp.zeros_like(x))
+  if unroll:
+    # Unrolled while tracing: still one compiled program, without XLA's
+    # while loop (see _CPU_UNROLL_LIMIT).
+    for i in range(nb_iter):
+      carry = body(i, carry)
+  else:
+    carry = jax.lax.fori_loop(0, nb_iter, body, carry)
+  x_adv, _ = carry
   x_adv = jax.lax.stop_gradient(x_adv)
   return x_adv, clf.predict(x_adv)
 
