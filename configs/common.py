@@ -107,7 +107,7 @@ def get_config(dataset: str, arg: str | None, num_classes: int = 10):
   c.attack.seed = 0  # Random targets and PGD starts.
 
   if size == 'cpu':
-    # DenseNet-13, growth 8, stride-2 stem: ~40k parameters.
+    # DenseNet-13, growth 8, stride-2 stem: 40-50k parameters.
     c.model.depth = 13
     c.model.growth_rate = 8
     c.model.stem_stride = 2
