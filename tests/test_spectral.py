@@ -19,6 +19,8 @@ def test_fft_singular_values_equal_the_circular_dense_matrix(n, c_in, c_out):
   # The dense matrix has max(c_in, c_out) * n^2 rows or columns; its extra
   # singular values (if any) are zeros.
   np.testing.assert_allclose(got, expected[-got.size:], rtol=1e-4, atol=1e-5)
+  np.testing.assert_allclose(spectral.conv_norm_circular(kernel, n),
+                             expected.max(), rtol=1e-4)
 
 
 @pytest.mark.parametrize('seed', range(4))
