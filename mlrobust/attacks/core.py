@@ -140,6 +140,31 @@ def run_batched(fn: Callable, clf, x: np.ndarray, y: np.ndarray, *,
   return AttackResult(*(np.concatenate(parts) for parts in zip(*outs)))
 
 
+def keep_closest(better, candidate, l2, best_l2, best_adv):
+  """Where `better` [B], takes the candidate and its squared distance."""
+  mask = better.reshape((better.shape[0],) + (1,) * (candidate.ndim - 1))
+  return jnp.where(better, l2, best_l2), jnp.where(mask, candidate, best_adv)
+
+
+def init_search(initial_const, x):
+  """(const, lower, upper, best_l2, best_adv) before the search over c."""
+  b = x.shape[0]
+  return (jnp.full((b,), initial_const, x.dtype), jnp.zeros((b,), x.dtype),
+          jnp.full((b,), 1e10, x.dtype), jnp.full((b,), jnp.inf, x.dtype), x)
+
+
+def update_const(found, const, lower, upper):
+  """One binary-search step on c per example (Carlini & Wagner; cleverhans).
+
+  Success lowers the upper end; failure raises the lower end, or multiplies
+  c by 10 while no success bounds it.
+  """
+  upper = jnp.where(found, jnp.minimum(upper, const), upper)
+  lower = jnp.where(found, lower, jnp.maximum(lower, const))
+  const = jnp.where(upper < 1e9, (lower + upper) / 2.0, const * 10.0)
+  return const, lower, upper
+
+
 @functools.partial(jax.jit, static_argnums=(4,))
 def _outcome(adv, x, pred, y, targeted):
   l2, linf = per_example_norms(adv - x)

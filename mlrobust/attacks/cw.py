@@ -81,10 +81,8 @@ def _cw(clf, x, y, rng, initial_const, confidence, learning_rate, *, margin,
       i, modifier, opt_state, prev, done, best_l2, best_adv, found = state
       (loss, (x_new, l2, f)), g = grad_fn(modifier, const)
       success = core.is_success(clf.predict(x_new), y, targeted) & (f <= 0)
-      better = success & (l2 < best_l2)
-      best_l2 = jnp.where(better, l2, best_l2)
-      best_adv = jnp.where(better.reshape((b,) + (1,) * len(axes)), x_new,
-                           best_adv)
+      best_l2, best_adv = core.keep_closest(success & (l2 < best_l2), x_new,
+                                            l2, best_l2, best_adv)
       updates, opt_state = tx.update(g, opt_state)
       modifier = optax.apply_updates(modifier, updates)
       check = (i % check_every) == 0
@@ -102,15 +100,11 @@ def _cw(clf, x, y, rng, initial_const, confidence, learning_rate, *, margin,
              jnp.array(False), best_l2, best_adv, jnp.zeros((b,), bool))
     _, _, _, _, _, best_l2, best_adv, found = jax.lax.while_loop(
         cond, inner, state)
-    # Binary search on c per example (Carlini & Wagner; cleverhans v2.1).
-    upper = jnp.where(found, jnp.minimum(upper, const), upper)
-    lower = jnp.where(found, lower, jnp.maximum(lower, const))
-    const = jnp.where(upper < 1e9, (lower + upper) / 2.0, const * 10.0)
+    const, lower, upper = core.update_const(found, const, lower, upper)
     return const, lower, upper, best_l2, best_adv
 
-  init = (jnp.full((b,), initial_const, x.dtype), jnp.zeros((b,), x.dtype),
-          jnp.full((b,), 1e10, x.dtype), jnp.full((b,), jnp.inf, x.dtype), x)
-  *_, best_adv = jax.lax.fori_loop(0, binary_search_steps, search_step, init)
+  *_, best_adv = jax.lax.fori_loop(0, binary_search_steps, search_step,
+                                   core.init_search(initial_const, x))
   best_adv = jax.lax.stop_gradient(best_adv)
   return best_adv, clf.predict(best_adv)
 

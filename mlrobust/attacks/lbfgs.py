@@ -26,7 +26,6 @@ from mlrobust.attacks import core
 def _lbfgs(clf, x, y, rng, initial_const, *, loss, binary_search_steps,
            max_iterations):
   del rng
-  b = x.shape[0]
   axes = tuple(range(1, x.ndim))
   opt = optax.lbfgs()
 
@@ -48,18 +47,13 @@ def _lbfgs(clf, x, y, rng, initial_const, *, loss, binary_search_steps,
     x_new, _ = jax.lax.fori_loop(0, max_iterations, step, (x, opt.init(x)))
     success = clf.predict(x_new) == y
     l2 = jnp.sum(jnp.square(x_new - x), axis=axes)
-    better = success & (l2 < best_l2)
-    best_l2 = jnp.where(better, l2, best_l2)
-    best_adv = jnp.where(better.reshape((b,) + (1,) * len(axes)), x_new,
-                         best_adv)
-    upper = jnp.where(success, jnp.minimum(upper, const), upper)
-    lower = jnp.where(success, lower, jnp.maximum(lower, const))
-    const = jnp.where(upper < 1e9, (lower + upper) / 2.0, const * 10.0)
+    best_l2, best_adv = core.keep_closest(success & (l2 < best_l2), x_new,
+                                          l2, best_l2, best_adv)
+    const, lower, upper = core.update_const(success, const, lower, upper)
     return const, lower, upper, best_l2, best_adv
 
-  init = (jnp.full((b,), initial_const, x.dtype), jnp.zeros((b,), x.dtype),
-          jnp.full((b,), 1e10, x.dtype), jnp.full((b,), jnp.inf, x.dtype), x)
-  *_, best_adv = jax.lax.fori_loop(0, binary_search_steps, search_step, init)
+  *_, best_adv = jax.lax.fori_loop(0, binary_search_steps, search_step,
+                                   core.init_search(initial_const, x))
   best_adv = jax.lax.stop_gradient(best_adv)
   return best_adv, clf.predict(best_adv)
 
