@@ -65,7 +65,7 @@ def effective_params(name: str, params: dict) -> dict:
   return out
 
 
-def summarize(result: attacks.AttackResult, labels, goal, targeted) -> dict:
+def summarize(result: attacks.AttackResult, labels, targeted) -> dict:
   success = result.success
   summary = {
       'num_examples': int(len(labels)),
@@ -78,7 +78,6 @@ def summarize(result: attacks.AttackResult, labels, goal, targeted) -> dict:
     summary[f'median_{norm}_successful'] = (float(np.median(hit)) if hit.size
                                             else None)
   summary['metric'] = 'success_rate' if targeted else 'accuracy'
-  del goal
   return summary
 
 
@@ -122,7 +121,7 @@ def run_attack(config, workdir: str) -> dict:
       'attack': a.name, 'targeted': bool(a.targeted),
       'params': effective_params(a.name, params), 'seed': a.seed,
       'clean_accuracy': float(np.mean(clean_pred == labels)),
-      **summarize(result, labels, goal, a.targeted),
+      **summarize(result, labels, a.targeted),
       'wall_s': wall,
   }
   out_dir = os.path.join(workdir, 'attacks')

@@ -85,7 +85,6 @@ def test_certified_radius_closed_form():
 
 def test_no_attack_finds_an_adversarial_example_inside_the_radius():
   from mlrobust import attacks  # pylint: disable=g-import-not-at-top
-  from mlrobust import classifier  # pylint: disable=g-import-not-at-top
   from tests import test_attacks  # pylint: disable=g-import-not-at-top
   clf, x, y = test_attacks._trained_mlp()  # pylint: disable=protected-access
   x, y = x[:64], y[:64]
@@ -108,4 +107,3 @@ def test_no_attack_finds_an_adversarial_example_inside_the_radius():
   eps = float(np.min(radius[radius > 0])) / np.sqrt(x[0].size)
   pgd = attacks.pgd(clf, x, y, eps=eps, eps_iter=eps / 4)
   assert not np.any(pgd.success & (radius > 0))
-  del classifier
