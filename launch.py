@@ -4,7 +4,9 @@ Modes (--mode): train (train or resume the run in the workdir, then print its
 clean test accuracy); attack (attack the trained model of the workdir with
 config.attack on config.eval.num_examples test images, print and save the
 result as JSON in <workdir>/attacks/); lipschitz (per-layer Lipschitz bounds and
-certified accuracy, written to <workdir>/lipschitz.json). Every config field can be overridden with
+certified accuracy, written to <workdir>/lipschitz.json); evaluate (the
+paper's attack grids, Tables 3 and 5-7, one JSON file per cell in
+<workdir>/eval/, resumable; see mlrobust/evaluate.py). Every config field can be overridden with
 --config.a.b=value; see configs/common.py for the fields.
 """
 
@@ -18,6 +20,7 @@ from ml_collections import config_flags
 
 from mlrobust import attack_run
 from mlrobust import config_lib
+from mlrobust import evaluate
 from mlrobust import lipschitz_run
 from mlrobust import train
 
@@ -27,7 +30,8 @@ _CONFIG = config_flags.DEFINE_config_file(
 _WORKDIR = flags.DEFINE_string('workdir', None,
                                'Directory for checkpoints and results.')
 MODES = {'train': train.train_and_evaluate, 'attack': attack_run.run_attack,
-         'lipschitz': lipschitz_run.run_lipschitz}
+         'lipschitz': lipschitz_run.run_lipschitz,
+         'evaluate': evaluate.run_evaluate}
 _MODE = flags.DEFINE_enum('mode', 'train', sorted(MODES), 'What to run.')
 flags.mark_flags_as_required(['config', 'workdir'])
 
@@ -40,6 +44,8 @@ def main(argv):
     config_lib.validate(config)
     if _MODE.value == 'attack':
       attack_run.attack_params(config.attack)
+    if _MODE.value == 'evaluate':
+      evaluate.check_config(config)
   except ValueError as e:
     sys.exit(f'error: {e}')
   logging.info('Config (secrets redacted):\n%s',
@@ -60,6 +66,10 @@ def main(argv):
           f'median L2 {l2 if l2 is None else round(l2, 4)}, median Linf '
           f'{linf if linf is None else round(linf, 4)} of successful '
           f'examples ({r["wall_s"]:.0f} s)\n{r["path"]}')
+  elif _MODE.value == 'evaluate':
+    print(f'{len(result["cells"])} cells of {result["preset"]} on '
+          f'{result["dataset"]} in {result["path"]}; render them with '
+          f'python -m mlrobust.report')
   else:
     c = result['certificate']
     print(f'{result["dataset"]} {result["preset"]} {result["model"]}: '

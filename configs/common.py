@@ -84,6 +84,25 @@ def get_config(dataset: str, arg: str | None, num_classes: int = 10):
   c.eval = config_dict.ConfigDict()
   c.eval.batch_size = 500
   c.eval.num_examples = 1000  # Test images attacked (0 = the whole split).
+  # --mode=evaluate (mlrobust/evaluate.py): the paper's Tables 3, 5, 6, 7 and
+  # the Figure 1 eps ladder, or the user's own grid, e.g.
+  # 'pgd:eps=0.01,0.03;targeted:cw_l2_distance:initial_const=0.1'.
+  c.eval.tables = 'table3,table5,table6,table7,figure1'
+  c.eval.grid = ''
+  c.eval.proxy_workdir = ''  # Table 6: a trained softmax_ce run to craft on.
+  # Images per cell by attack family (None: eval.num_examples; 0: all).
+  c.eval.num_examples_linf = 0  # fgsm, bim, mim, pgd
+  c.eval.num_examples_deepfool = 0
+  c.eval.num_examples_cw = 0  # cw_l2, cw_l2_distance
+  c.eval.num_examples_lbfgs = 0
+  # None: the paper's 1000 iterations (Table 2); set to fit a CPU budget.
+  c.eval.cw_max_iterations = config_dict.placeholder(int)
+  c.eval.lbfgs_max_iterations = config_dict.placeholder(int)
+  c.eval.figure1_eps = (0.01, 0.02, 0.03, 0.04, 0.06, 0.08, 0.1, 0.15, 0.2,
+                        0.25, 0.3, 0.35, 0.4, 0.5)
+  c.eval.num_examples_figure1 = config_dict.placeholder(int)  # None: _linf.
+  c.eval.save_examples = 8  # Clean/adversarial images kept per cell.
+  c.eval.seed = 0  # Random targets and attack keys.
 
   # --mode=attack. Unset (None) parameters take the attack's defaults, which
   # are cleverhans v2.1's as the paper used them (see mlrobust/attacks).
@@ -121,6 +140,13 @@ def get_config(dataset: str, arg: str | None, num_classes: int = 10):
     c.train.batch_size = 128
     c.train.num_epochs = 6
     c.train.log_every_steps = 50
+    # A CPU evaluation budget (about 15 min per model); see REPRODUCTION.md.
+    c.eval.num_examples_linf = 500
+    c.eval.num_examples_deepfool = 100
+    c.eval.num_examples_cw = 8
+    c.eval.num_examples_lbfgs = 8
+    c.eval.lbfgs_max_iterations = 100
+    c.eval.num_examples_figure1 = 100
   elif size == 'smoke':
     c.model.depth = 7  # One composite layer per block.
     c.model.growth_rate = 4
@@ -139,4 +165,11 @@ def get_config(dataset: str, arg: str | None, num_classes: int = 10):
     c.train.log_every_steps = 4
     c.eval.batch_size = 64
     c.eval.num_examples = 32
+    c.eval.num_examples_linf = 16
+    c.eval.num_examples_deepfool = 8
+    c.eval.num_examples_cw = 4
+    c.eval.num_examples_lbfgs = 4
+    c.eval.cw_max_iterations = 10
+    c.eval.lbfgs_max_iterations = 5
+    c.eval.figure1_eps = (0.1, 0.3, 1.0)
   return c
