@@ -271,12 +271,16 @@ class _Progress:
     if ran:
       self.times.setdefault(FAMILIES[cell.attack], []).append(
           result['wall_s'] / max(cell.num_examples, 1))
-    left = 0.0
-    known = [t for ts in self.times.values() for t in ts]
+    left, untimed = 0.0, set()
     for c in self.cells[i + 1:]:
-      ts = self.times.get(FAMILIES[c.attack]) or known
-      left += (np.mean(ts) if ts else 0.0) * c.num_examples
-    eta = f'{left / 60:.1f} min' if known else 'unknown'
+      ts = self.times.get(FAMILIES[c.attack])
+      if ts:
+        left += np.mean(ts) * c.num_examples
+      else:
+        untimed.add(FAMILIES[c.attack])
+    eta = f'{left / 60:.1f} min'
+    if untimed:
+      eta += f' + the {", ".join(sorted(untimed))} cells (not timed yet)'
     logging.info('[%d/%d] %s: %s %.4f (%s, %.0f s); elapsed %.1f min, '
                  'ETA %s', i + 1, len(self.cells), cell.id, result['metric'],
                  result[result['metric']],

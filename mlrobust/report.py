@@ -1,0 +1,415 @@
+r"""Renders evaluation results next to the paper's: markdown tables and plots.
+
+  python -m mlrobust.report --out=DIR W1 W2 ...
+
+reads the cell files of `--mode=evaluate` (W/eval/*.json) and the clean test
+accuracy (W/metrics.jsonl) of each workdir (or copy of one: only those files
+and the saved example images are read), and writes
+- DIR/report.md: Tables 3-7 laid out like the paper's, each cell "ours
+  (paper)", with the images per cell and any parameter that differs from the
+  paper's;
+- DIR/<dataset>_table3.png, _table5.png: accuracy / success rate against the
+  swept parameter, one line per model, the paper's values dashed;
+- DIR/<dataset>_figure1.png, _figure2.png, _figure3.png: clean images above
+  their adversarial versions (Figures 1-3 of the paper).
+Our datasets are matched to the paper's by `paper_tables.paper_dataset`
+(`cifar10_jpeg` is compared with the paper's CIFAR-10 and says so).
+"""
+
+import json
+import os
+import sys
+
+import numpy as np
+
+from mlrobust import evaluate
+from mlrobust import paper_tables
+
+PRESETS = paper_tables.PRESETS
+_PARAM_LABEL = {'eps': 'eps', 'initial_const': 'c', 'max_iter': 'm'}
+_ATTACK_LABEL = {'cw_l2': 'CWL2', 'mim': 'MIM', 'deepfool': 'DeepFool',
+                 'bim': 'BIM', 'fgsm': 'FGSM', 'pgd': 'Madry et al. (PGD)',
+                 'lbfgs': 'L-BFGS', 'cw_l2_distance': 'CWL2-distance (ours)'}
+
+
+class Run:
+  """The results of one workdir."""
+
+  def __init__(self, workdir: str):
+    self.workdir = workdir
+    self.cells = evaluate.cell_results(workdir)
+    config_path = os.path.join(workdir, 'config.json')
+    if not os.path.exists(config_path):
+      raise FileNotFoundError(f'{config_path} is missing; is {workdir} a '
+                              'workdir of mlrobust?')
+    with open(config_path) as f:
+      config = json.load(f)
+    self.dataset = config['data']['name']
+    self.preset = config['preset']
+    self.model = (f"densenet-{config['model']['depth']}-"
+                  f"k{config['model']['growth_rate']}")
+    self.size = config.get('size')
+    self.clean_accuracy = None
+    self.num_test = None
+    metrics = os.path.join(workdir, 'metrics.jsonl')
+    if os.path.exists(metrics):
+      with open(metrics) as f:
+        for line in f:
+          try:
+            record = json.loads(line)
+          except ValueError:
+            continue
+          if 'test_accuracy' in record:
+            self.clean_accuracy = record['test_accuracy']
+            self.num_test = record.get('num_test')
+
+  def cell(self, attack, targeted, value, *, transfer=False, n=None):
+    """The finished cell with the most images (or exactly n), else None."""
+    found = [c for c in self.cells
+             if c['attack'] == attack and c['targeted'] == targeted and
+             np.isclose(c['value'], value) and
+             bool(c.get('transfer_from')) == transfer and
+             (n is None or c['num_examples'] == n)]
+    return max(found, key=lambda c: c['num_examples']) if found else None
+
+
+def _fmt(x, digits=3):
+  return '–' if x is None else f'{x:.{digits}f}'
+
+
+def _group(runs):
+  """{dataset: {preset: Run}}; two runs of one dataset and preset: error."""
+  out = {}
+  for r in runs:
+    by_preset = out.setdefault(r.dataset, {})
+    if r.preset in by_preset:
+      raise ValueError(f'two {r.preset} runs of {r.dataset}: '
+                       f'{by_preset[r.preset].workdir} and {r.workdir}')
+    by_preset[r.preset] = r
+  return out
+
+
+def _paper_value(table, dataset, preset, attack, value):
+  ds = paper_tables.paper_dataset(dataset)
+  try:
+    return table[attack][ds][preset][value]
+  except KeyError:
+    return None
+
+
+def _setting_note(cells):
+  """'n' and the parameters that differ from the paper's, per attack."""
+  notes = {}
+  for c in cells:
+    if c is None:
+      continue
+    key = c['attack']
+    fixed = ', '.join(f'{k}={v}' for k, v in sorted(c.get('fixed', {}).items()))
+    note = f"{c['num_examples']} images" + (f', {fixed}' if fixed else '')
+    notes.setdefault(key, set()).add(note)
+  return '; '.join(f'{_ATTACK_LABEL[k]}: {" / ".join(sorted(v))}'
+                   for k, v in notes.items())
+
+
+def grid_table(groups, table_name: str) -> list[str]:
+  """Markdown lines of Table 3 or 5 (one block per attack)."""
+  table = getattr(paper_tables, table_name.upper())
+  targeted = table_name == 'table5'
+  metric = 'success rate' if targeted else 'accuracy'
+  lines = []
+  for attack, grid in table.items():
+    values = list(grid['mnist']['softmax_ce'])
+    param = _PARAM_LABEL[paper_tables.SWEPT[attack]]
+    lines.append(f'**{_ATTACK_LABEL[attack]}** ({metric}, ours (paper), '
+                 f'by {param})\n')
+    lines.append('| dataset | model | ' +
+                 ' | '.join(f'{param} = {v:g}' for v in values) + ' |')
+    lines.append('|---|---|' + '---|' * len(values))
+    used = []
+    for dataset, runs in groups.items():
+      for preset in PRESETS:
+        if preset not in runs:
+          continue
+        row = []
+        for v in values:
+          c = runs[preset].cell(attack, targeted, v)
+          used.append(c)
+          ours = None if c is None else c[c['metric']]
+          paper = _paper_value(table, dataset, preset, attack, v)
+          row.append(f'{_fmt(ours)} ({_fmt(paper)})')
+        lines.append(f'| {dataset} | {paper_tables.PAPER_NAMES[preset]} | ' +
+                     ' | '.join(row) + ' |')
+    lines.append(f'\nPer cell: {_setting_note(used) or "no results"}.\n')
+  return lines
+
+
+def table4(groups) -> list[str]:
+  lines = ['| dataset | model | ours | paper | test images |',
+           '|---|---|---|---|---|']
+  for dataset, runs in groups.items():
+    for preset in PRESETS:
+      if preset in runs:
+        r = runs[preset]
+        paper = paper_tables.TABLE4.get(
+            paper_tables.paper_dataset(dataset), {}).get(preset)
+        lines.append(f'| {dataset} | {paper_tables.PAPER_NAMES[preset]} | '
+                     f'{_fmt(r.clean_accuracy, 4)} | {_fmt(paper)} | '
+                     f'{r.num_test or "–"} |')
+  return lines
+
+
+def table6(groups) -> list[str]:
+  heads = [f'{_ATTACK_LABEL[a]} {_PARAM_LABEL[paper_tables.SWEPT[a]]} = {v:g}'
+           for a, v in paper_tables.TABLE6_ATTACKS]
+  lines = ['| dataset | model | ' + ' | '.join(heads) + ' |',
+           '|---|---|' + '---|' * len(heads)]
+  used = []
+  for dataset, runs in groups.items():
+    for preset in ('softmax_mse', 'tanh_mse'):
+      if preset not in runs:
+        continue
+      row = []
+      paper = paper_tables.TABLE6.get(paper_tables.paper_dataset(dataset),
+                                      {}).get(preset, (None,) * 3)
+      for (attack, v), p in zip(paper_tables.TABLE6_ATTACKS, paper):
+        c = runs[preset].cell(attack, False, v, transfer=True)
+        used.append(c)
+        row.append(f'{_fmt(None if c is None else c["accuracy"])} '
+                   f'({_fmt(p)})')
+      lines.append(f'| {dataset} | {paper_tables.PAPER_NAMES[preset]} | ' +
+                   ' | '.join(row) + ' |')
+  proxies = sorted({c['proxy_workdir'] for c in used if c})
+  lines.append(f'\nPer cell: {_setting_note(used) or "no results"}. '
+               f'Crafted on: {", ".join(proxies) or "–"} (softmax_ce).\n')
+  return lines
+
+
+def table7(groups) -> list[str]:
+  cs = paper_tables.TABLE7_CONSTS
+  heads = [f'{_ATTACK_LABEL[a]} c = {c:g}' for a in ('cw_l2', 'cw_l2_distance')
+           for c in cs]
+  lines = ['| dataset | model | ' + ' | '.join(heads) + ' |',
+           '|---|---|' + '---|' * len(heads)]
+  used = []
+  for dataset, runs in groups.items():
+    for preset in ('softmax_ce', 'tanh_mse'):
+      if preset not in runs:
+        continue
+      paper = paper_tables.TABLE7.get(paper_tables.paper_dataset(dataset),
+                                      {}).get(preset, {})
+      row = []
+      for attack in ('cw_l2', 'cw_l2_distance'):
+        for i, c in enumerate(cs):
+          cell = runs[preset].cell(attack, True, c)
+          used.append(cell)
+          p = paper.get(attack, (None, None))[i]
+          row.append(f'{_fmt(None if cell is None else cell["success_rate"])}'
+                     f' ({_fmt(p)})')
+      lines.append(f'| {dataset} | {paper_tables.PAPER_NAMES[preset]} | ' +
+                   ' | '.join(row) + ' |')
+  lines.append(f'\nPer cell: {_setting_note(used) or "no results"}.\n')
+  return lines
+
+
+def _plt():
+  import matplotlib  # pylint: disable=g-import-not-at-top
+  matplotlib.use('Agg')
+  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+  return plt
+
+
+def plot_grid(dataset, runs, table_name, out_path) -> bool:
+  """Metric against the swept parameter per attack; paper dashed."""
+  plt = _plt()
+  table = getattr(paper_tables, table_name.upper())
+  targeted = table_name == 'table5'
+  attacks = list(table)
+  fig, axes = plt.subplots(1, len(attacks), figsize=(3.2 * len(attacks), 3.2))
+  colors = dict(zip(PRESETS, ('tab:red', 'tab:blue', 'tab:green')))
+  drawn = False
+  for ax, attack in zip(axes, attacks):
+    values = list(table[attack]['mnist']['softmax_ce'])
+    for preset in PRESETS:
+      if preset not in runs:
+        continue
+      cells = [runs[preset].cell(attack, targeted, v) for v in values]
+      pts = [(v, c[c['metric']]) for v, c in zip(values, cells) if c]
+      if pts:
+        drawn = True
+        ax.plot(*zip(*pts), 'o-', color=colors[preset],
+                label=f'{paper_tables.PAPER_NAMES[preset]} ours')
+      paper = [_paper_value(table, dataset, preset, attack, v) for v in values]
+      if all(p is not None for p in paper):
+        ax.plot(values, paper, 's--', color=colors[preset], alpha=0.5,
+                label=f'{paper_tables.PAPER_NAMES[preset]} paper')
+    ax.set_xscale('log' if attack in ('cw_l2', 'lbfgs') else 'linear')
+    ax.set_xlabel(_PARAM_LABEL[paper_tables.SWEPT[attack]])
+    ax.set_ylim(-0.03, 1.03)
+    ax.set_title(_ATTACK_LABEL[attack], fontsize=9)
+  axes[0].set_ylabel('success rate (targeted)' if targeted else
+                     'accuracy (untargeted)')
+  axes[-1].legend(fontsize=6)
+  fig.suptitle(f'{dataset}: {"Table 5" if targeted else "Table 3"} grids',
+               fontsize=10)
+  fig.tight_layout()
+  if drawn:
+    fig.savefig(out_path, dpi=110)
+  plt.close(fig)
+  return drawn
+
+
+def _load_examples(run, cell):
+  path = os.path.join(run.workdir, 'eval', cell['id'] + '.npz')
+  if not os.path.exists(path):
+    return None
+  with np.load(path) as f:
+    return {k: f[k] for k in f.files}
+
+
+def figure1_cell(run):
+  """The targeted PGD cell of the smallest eps reaching 100% success.
+
+  Among the Figure 1 ladder cells (targeted pgd, the ladder's image count);
+  if none reaches 100%, the largest eps tried.
+  """
+  ladder = [c for c in run.cells if c['attack'] == 'pgd' and c['targeted'] and
+            not c.get('transfer_from')]
+  if not ladder:
+    return None
+  n = min(c['num_examples'] for c in ladder)
+  ladder = sorted((c for c in ladder if c['num_examples'] == n),
+                  key=lambda c: c['value'])
+  for c in ladder:
+    if c['success_rate'] >= 1.0:
+      return c
+  return ladder[-1]
+
+
+def plot_examples(rows, out_path, title, k=8) -> bool:
+  """rows: [(label, examples dict, caption)]; clean above adversarial."""
+  rows = [r for r in rows if r[1] is not None]
+  if not rows:
+    return False
+  plt = _plt()
+  fig, axes = plt.subplots(2 * len(rows), k, figsize=(1.1 * k,
+                                                      2.5 * len(rows) + 0.5),
+                           squeeze=False)
+  for i, (label, ex, caption) in enumerate(rows):
+    for j in range(k):
+      for r, key in ((2 * i, 'clean'), (2 * i + 1, 'adv')):
+        ax = axes[r, j]
+        ax.axis('off')
+        if j >= len(ex[key]):
+          continue
+        img = ex[key][j]
+        ax.imshow(img[..., 0] if img.shape[-1] == 1 else img,
+                  cmap='gray' if img.shape[-1] == 1 else None, vmin=0, vmax=1)
+        if key == 'adv':
+          ax.set_title(f"{ex['label'][j]}->{ex['prediction'][j]}", fontsize=7)
+    axes[2 * i, 0].set_title(f'{label}: {caption}', fontsize=8, loc='left',
+                             pad=8)
+  fig.suptitle(title, fontsize=9)
+  fig.tight_layout()
+  fig.savefig(out_path, dpi=110)
+  plt.close(fig)
+  return True
+
+
+def _caption(c):
+  what = 'success' if c['targeted'] else 'accuracy'
+  size = (f"L2 median {_fmt(c['median_l2_successful'], 2)}"
+          if c['param'] == 'initial_const' else f"eps = {c['value']:g}")
+  return (f"{size}, {what} {_fmt(c[c['metric']])} on {c['num_examples']} "
+          f'images')
+
+
+def figures(dataset, runs, out_dir) -> list[str]:
+  """Figures 1-3 for one dataset; returns the files written."""
+  written = []
+  rows = []
+  for preset in PRESETS:
+    if preset in runs and (c := figure1_cell(runs[preset])):
+      rows.append((paper_tables.PAPER_NAMES[preset],
+                   _load_examples(runs[preset], c), _caption(c)))
+  path = os.path.join(out_dir, f'{dataset}_figure1.png')
+  if plot_examples(rows, path, f'{dataset}: targeted PGD at the smallest eps '
+                   'of the ladder reaching 100% success (Figure 1)'):
+    written.append(path)
+  rows = []
+  for preset in PRESETS:
+    if preset in runs and (c := runs[preset].cell('mim', True, 0.1)):
+      rows.append((paper_tables.PAPER_NAMES[preset],
+                   _load_examples(runs[preset], c), _caption(c)))
+  path = os.path.join(out_dir, f'{dataset}_figure2.png')
+  if plot_examples(rows, path, f'{dataset}: targeted MIM, eps = 0.1 '
+                   '(Figure 2)'):
+    written.append(path)
+  rows = []
+  if 'tanh_mse' in runs and (c := runs['tanh_mse'].cell('cw_l2_distance', True,
+                                                        0.1)):
+    rows.append(('R:TANH:MSE', _load_examples(runs['tanh_mse'], c),
+                 _caption(c)))
+  path = os.path.join(out_dir, f'{dataset}_figure3.png')
+  if plot_examples(rows, path, f'{dataset}: targeted CWL2-distance, c = 0.1 '
+                   '(Figure 3)'):
+    written.append(path)
+  return written
+
+
+def render(workdirs, out_dir: str) -> str:
+  """Writes report.md and the plots; returns the report's path."""
+  runs = [Run(w) for w in workdirs]
+  groups = _group(runs)
+  os.makedirs(out_dir, exist_ok=True)
+  lines = ['# mlrobust evaluation report', '',
+           'Each cell: ours (paper). Paper values: Saito & Roy, Tables 3-7 '
+           '(`mlrobust/paper_tables.py`). Runs:', '']
+  for r in runs:
+    lines.append(f'- {r.dataset} {r.preset} ({r.model}, size {r.size}): '
+                 f'`{r.workdir}`, {len(r.cells)} cells')
+  if any(d == 'cifar10_jpeg' for d in groups):
+    lines.append('\n`cifar10_jpeg` (a JPEG copy of CIFAR-10) is compared with '
+                 "the paper's CIFAR-10 numbers.")
+  lines += ['', '## Table 3: untargeted white-box attacks (accuracy)', '']
+  lines += grid_table(groups, 'table3')
+  lines += ['## Table 4: clean test accuracy', ''] + table4(groups)
+  lines += ['', '## Table 5: targeted white-box attacks (success rate)', '']
+  lines += grid_table(groups, 'table5')
+  lines += ['## Table 6: transfer from O:SOFTMAX:CE (accuracy)', '']
+  lines += table6(groups)
+  lines += ['## Table 7: targeted CWL2 vs CWL2-distance (success rate)', '']
+  lines += table7(groups)
+  lines += ['## Plots', '']
+  for dataset, by_preset in groups.items():
+    for t in ('table3', 'table5'):
+      name = f'{dataset}_{t}.png'
+      if plot_grid(dataset, by_preset, t, os.path.join(out_dir, name)):
+        lines.append(f'![{dataset} {t}]({name})')
+    for path in figures(dataset, by_preset, out_dir):
+      name = os.path.basename(path)
+      lines.append(f'![{name}]({name})')
+  path = os.path.join(out_dir, 'report.md')
+  with open(path + '.tmp', 'w') as f:
+    f.write('\n'.join(lines) + '\n')
+  os.replace(path + '.tmp', path)
+  return path
+
+
+def main(argv):
+  out = 'report'
+  workdirs = []
+  for arg in argv[1:]:
+    if arg.startswith('--out='):
+      out = arg.split('=', 1)[1]
+    else:
+      workdirs.append(arg)
+  if not workdirs:
+    sys.exit('usage: python -m mlrobust.report [--out=DIR] W1 W2 ...')
+  try:
+    print(render(workdirs, out))
+  except (FileNotFoundError, ValueError) as e:
+    sys.exit(f'error: {e}')
+
+
+if __name__ == '__main__':
+  main(sys.argv)
