@@ -45,7 +45,6 @@ import os
 import time
 
 from absl import logging
-from ml_collections import config_dict
 import jax
 import numpy as np
 
@@ -250,12 +249,7 @@ def read_cell(path: str) -> dict | None:
 
 def load_run(workdir: str):
   """(config, classifier) of a trained workdir, from its own config.json."""
-  path = os.path.join(workdir, 'config.json')
-  if not os.path.exists(path):
-    raise FileNotFoundError(f'{path} is missing: {workdir} holds no trained '
-                            'run')
-  with open(path) as f:
-    config = config_dict.ConfigDict(json.load(f))
+  config = train.saved_config(workdir)
   return config, train.load_classifier(config, workdir)
 
 

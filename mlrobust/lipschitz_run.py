@@ -13,10 +13,13 @@ of the attacks (an Linf ball of radius eps lies in the L2 ball of radius
 eps * sqrt(pixels)). Certificates come from a bound and may be small; they
 are reported as they are.
 
-  python -m mlrobust.lipschitz_run --out=figure4.png W1 W2 ...
+  python -m mlrobust.lipschitz_run --out=figure4.png [--recompute] W1 W2 ...
 
-draws Figure 4 from the lipschitz.json of several workdirs: per conv layer,
-the circular bound of each model (log scale), one panel per dataset.
+does the same for several workdirs in one call (each with the config it was
+trained with, from its config.json; a workdir that already has lipschitz.json
+is only read unless --recompute), then draws Figure 4 (per conv layer, the
+circular bound of each model, log scale, one panel per dataset) and writes
+the per-layer tables, CE next to MSE, as markdown next to it (figure4.md).
 """
 
 import json
@@ -129,18 +132,70 @@ def plot_figure4(workdirs, out_path: str) -> None:
   plt.close(fig)
 
 
+def _load(workdir):
+  with open(os.path.join(workdir, 'lipschitz.json')) as f:
+    return json.load(f)
+
+
+def markdown_tables(workdirs) -> str:
+  """Per-layer tables, one per dataset: each model's three conv measures."""
+  runs = [_load(w) for w in workdirs]
+  lines = []
+  for ds in sorted({r['dataset'] for r in runs}):
+    group = [r for r in runs if r['dataset'] == ds]
+    lines += [f'### {ds}', '',
+              '| layer | ' + ' | '.join(
+                  f"{m} {r['preset']}" for r in group
+                  for m in ('circular', 'exact', 'upper')) + ' |',
+              '|---|' + '---|' * (3 * len(group))]
+    names = [l['name'] for l in group[0]['layers'] if l['kind'] == 'conv']
+    for i, name in enumerate(names):
+      cells = []
+      for r in group:
+        convs = [l for l in r['layers'] if l['kind'] == 'conv']
+        cells += [f"{convs[i][m]:.3g}" if i < len(convs) else '–'
+                  for m in ('circular', 'exact', 'upper')]
+      lines.append(f'| {name} | ' + ' | '.join(cells) + ' |')
+    lines.append('')
+    for r in group:
+      product = r['network']['circular']['product']
+      bound = r['certificate']['lipschitz_bound']
+      lines.append(f"- {r['preset']} ({r['model']}): the paper's product of "
+                   f'circular norms {product:.3g}; guaranteed structured '
+                   f'bound {bound:.3g}')
+    lines.append('')
+  return '\n'.join(lines)
+
+
 def main(argv):
   out = 'figure4.png'
+  recompute = False
   workdirs = []
   for arg in argv[1:]:
     if arg.startswith('--out='):
       out = arg.split('=', 1)[1]
+    elif arg == '--recompute':
+      recompute = True
+    elif arg.startswith('--'):
+      sys.exit(f'unknown flag {arg}; usage: python -m mlrobust.lipschitz_run '
+               '[--out=F.png] [--recompute] W1 W2 ...')
     else:
       workdirs.append(arg)
   if not workdirs:
-    sys.exit('usage: python -m mlrobust.lipschitz_run [--out=F.png] W1 W2 ...')
+    sys.exit('usage: python -m mlrobust.lipschitz_run [--out=F.png] '
+             '[--recompute] W1 W2 ...')
+  for w in workdirs:
+    if recompute or not os.path.exists(os.path.join(w, 'lipschitz.json')):
+      config = train.saved_config(w)
+      result = run_lipschitz(config, w)
+      print(f"{result['path']}: structured bound "
+            f"{result['certificate']['lipschitz_bound']:.4g}")
   plot_figure4(workdirs, out)
+  table = os.path.splitext(out)[0] + '.md'
+  with open(table, 'w') as f:
+    f.write(markdown_tables(workdirs) + '\n')
   print(out)
+  print(table)
 
 
 if __name__ == '__main__':

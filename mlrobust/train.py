@@ -23,6 +23,7 @@ from typing import Any
 
 from absl import logging
 import flax.struct
+from ml_collections import config_dict
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -178,6 +179,11 @@ def _check_or_write_config(config, workdir: str) -> None:
     try:
       with open(path) as f:
         old = json.load(f)
+      # The codebook key is checked against targets.npy instead (a run's
+      # codebook needs no key once made).
+      for d in (old, public):
+        for *parents, leaf in config_lib.SECRET_FIELDS:
+          _get_field(d, '.'.join(parents))[leaf] = None
       diffs = [field for field in RUN_FIELDS
                if _get_field(old, field) != _get_field(public, field)]
     except (ValueError, KeyError) as e:
@@ -239,6 +245,19 @@ def _state_dict(state: TrainState) -> dict:
   """The checkpointed pytree of a TrainState."""
   return {'step': state.step, 'params': state.params,
           'batch_stats': state.batch_stats, 'opt_state': state.opt_state}
+
+
+def saved_config(workdir: str):
+  """The config a workdir was trained with (its config.json; secrets absent)."""
+  path = os.path.join(workdir, 'config.json')
+  if not os.path.exists(path):
+    raise FileNotFoundError(f'{path} is missing: {workdir} holds no trained '
+                            'run')
+  with open(path) as f:
+    saved = json.load(f)
+  for *parents, leaf in config_lib.SECRET_FIELDS:
+    _get_field(saved, '.'.join(parents))[leaf] = None  # Redacted there.
+  return config_dict.ConfigDict(saved)
 
 
 def load_classifier(config, workdir: str,

@@ -2,6 +2,9 @@
 
 import json
 import os
+import shutil
+
+import pytest
 
 from mlrobust import lipschitz_run
 
@@ -26,3 +29,27 @@ def test_lipschitz_mode_and_figure(trained, tmp_path):
   out = str(tmp_path / 'figure4.png')
   lipschitz_run.plot_figure4([workdir], out)
   assert os.path.getsize(out) > 1000
+
+
+def test_several_workdirs_in_one_call(trained, tmp_path, capsys):
+  config, workdir = trained
+  # A copy of the run is a second workdir without lipschitz.json yet.
+  other = str(tmp_path / 'copy')
+  shutil.copytree(workdir, other)
+  lipschitz_run.run_lipschitz(config, workdir)
+  before = os.stat(os.path.join(workdir, 'lipschitz.json')).st_mtime_ns
+  out = str(tmp_path / 'fig' / 'figure4.png')
+  os.makedirs(os.path.dirname(out))
+  lipschitz_run.main(['prog', f'--out={out}', workdir, other])
+  # The missing result was computed with the run's saved config; the
+  # existing one was only read.
+  assert os.path.exists(os.path.join(other, 'lipschitz.json'))
+  assert os.stat(os.path.join(workdir, 'lipschitz.json')).st_mtime_ns == before
+  assert os.path.getsize(out) > 1000
+  table = open(out[:-len('.png')] + '.md').read()
+  first = json.load(open(os.path.join(workdir, 'lipschitz.json')))
+  stem = first['layers'][0]
+  assert stem['name'] == 'stem'
+  assert f"| stem | {stem['circular']:.3g} | {stem['exact']:.3g} |" in table
+  with pytest.raises(SystemExit, match='unknown flag'):
+    lipschitz_run.main(['prog', '--outt=x.png', workdir])

@@ -107,3 +107,35 @@ def test_no_attack_finds_an_adversarial_example_inside_the_radius():
   eps = float(np.min(radius[radius > 0])) / np.sqrt(x[0].size)
   pgd = attacks.pgd(clf, x, y, eps=eps, eps_iter=eps / 4)
   assert not np.any(pgd.success & (radius > 0))
+
+
+@pytest.mark.parametrize('method', spectral.CONV_METHODS)
+def test_batched_norms_equal_one_layer_at_a_time(method):
+  # Kernels of one group with different input channels (padded with zeros in
+  # the batch), one of another size, and a 1x1 kernel.
+  keys = jax.random.split(jax.random.key(4), 4)
+  kernels = [jax.random.normal(keys[0], (3, 3, 2, 3)),
+             jax.random.normal(keys[1], (3, 3, 5, 3)),
+             jax.random.normal(keys[2], (3, 3, 4, 3)),
+             jax.random.normal(keys[3], (1, 1, 4, 4))]
+  sizes = [6, 6, 4, 6]
+  single = {
+      'circular': lambda k, n: spectral.conv_norm_circular(k, n),
+      'upper': spectral.conv_norm_upper_bound,
+      'exact': lambda k, n: spectral.conv_norm_zero_padded(k, n),
+  }[method]
+  batched = spectral.conv_norms(kernels, sizes, method)
+  for k, n, value in zip(kernels, sizes, batched):
+    # Against the dense matrix for the exact norm, else the one-layer FFT.
+    if method == 'exact':
+      # Power iteration converges from below.
+      expected = np.linalg.norm(spectral.conv_dense_matrix(k, n), 2)
+      np.testing.assert_allclose(value, expected, rtol=2e-3)
+      assert value <= expected * (1 + 1e-5)
+    else:
+      np.testing.assert_allclose(value, float(single(k, n)), rtol=1e-4)
+
+
+def test_unknown_conv_method_is_rejected():
+  with pytest.raises(ValueError, match='circular'):
+    spectral.conv_norms([jnp.ones((3, 3, 1, 1))], [4], 'svd')
