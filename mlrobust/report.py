@@ -224,7 +224,11 @@ def plot_grid(dataset, runs, table_name, out_path) -> bool:
   table = getattr(paper_tables, table_name.upper())
   targeted = table_name == 'table5'
   attacks = list(table)
-  fig, axes = plt.subplots(1, len(attacks), figsize=(3.2 * len(attacks), 3.2))
+  cols = 3
+  rows = -(-len(attacks) // cols)
+  fig, axes = plt.subplots(rows, cols, figsize=(3.4 * cols, 3.0 * rows + 0.4),
+                           squeeze=False)
+  axes = axes.ravel()
   colors = dict(zip(PRESETS, ('tab:red', 'tab:blue', 'tab:green')))
   drawn = False
   for ax, attack in zip(axes, attacks):
@@ -246,9 +250,12 @@ def plot_grid(dataset, runs, table_name, out_path) -> bool:
     ax.set_xlabel(_PARAM_LABEL[paper_tables.SWEPT[attack]])
     ax.set_ylim(-0.03, 1.03)
     ax.set_title(_ATTACK_LABEL[attack], fontsize=9)
-  axes[0].set_ylabel('success rate (targeted)' if targeted else
-                     'accuracy (untargeted)')
-  axes[-1].legend(fontsize=6)
+  for ax in axes[::cols]:
+    ax.set_ylabel('success rate (targeted)' if targeted else
+                  'accuracy (untargeted)')
+  for ax in axes[len(attacks):]:
+    ax.axis('off')
+  axes[len(attacks) - 1].legend(fontsize=6)
   fig.suptitle(f'{dataset}: {"Table 5" if targeted else "Table 3"} grids',
                fontsize=10)
   fig.tight_layout()
@@ -291,25 +298,31 @@ def plot_examples(rows, out_path, title, k=8) -> bool:
   if not rows:
     return False
   plt = _plt()
-  fig, axes = plt.subplots(2 * len(rows), k, figsize=(1.1 * k,
-                                                      2.5 * len(rows) + 0.5),
+  n_rows = 2 * len(rows)
+  fig, axes = plt.subplots(n_rows, k, figsize=(1.2 * k, 1.45 * n_rows + 0.6),
                            squeeze=False)
   for i, (label, ex, caption) in enumerate(rows):
     for j in range(k):
       for r, key in ((2 * i, 'clean'), (2 * i + 1, 'adv')):
         ax = axes[r, j]
-        ax.axis('off')
+        ax.set_xticks([])
+        ax.set_yticks([])
         if j >= len(ex[key]):
+          ax.axis('off')
           continue
         img = ex[key][j]
         ax.imshow(img[..., 0] if img.shape[-1] == 1 else img,
                   cmap='gray' if img.shape[-1] == 1 else None, vmin=0, vmax=1)
         if key == 'adv':
-          ax.set_title(f"{ex['label'][j]}->{ex['prediction'][j]}", fontsize=7)
-    axes[2 * i, 0].set_title(f'{label}: {caption}', fontsize=8, loc='left',
-                             pad=8)
-  fig.suptitle(title, fontsize=9)
-  fig.tight_layout()
+          ax.set_xlabel(f"{ex['label'][j]}->{ex['prediction'][j]}",
+                        fontsize=7, labelpad=1)
+    axes[2 * i, 0].set_ylabel('clean', fontsize=7)
+    axes[2 * i + 1, 0].set_ylabel('adversarial', fontsize=7)
+    axes[2 * i, 0].set_title(f'{label}: {caption}', fontsize=8, loc='left')
+  fig.suptitle(title + '\n(under each adversarial image: label->prediction)',
+               fontsize=9)
+  fig.subplots_adjust(left=0.05, right=0.99, bottom=0.04, top=1 - 0.9 / (
+      1.45 * n_rows + 0.6), hspace=0.45, wspace=0.08)
   fig.savefig(out_path, dpi=110)
   plt.close(fig)
   return True
@@ -329,8 +342,11 @@ def figures(dataset, runs, out_dir) -> list[str]:
   rows = []
   for preset in PRESETS:
     if preset in runs and (c := figure1_cell(runs[preset])):
+      caption = _caption(c)
+      if c['success_rate'] < 1.0:
+        caption += ' (no eps of the ladder reached 100%: the largest shown)'
       rows.append((paper_tables.PAPER_NAMES[preset],
-                   _load_examples(runs[preset], c), _caption(c)))
+                   _load_examples(runs[preset], c), caption))
   path = os.path.join(out_dir, f'{dataset}_figure1.png')
   if plot_examples(rows, path, f'{dataset}: targeted PGD at the smallest eps '
                    'of the ladder reaching 100% success (Figure 1)'):
