@@ -50,7 +50,8 @@ class Run:
                   f"k{config['model']['growth_rate']}")
     self.size = config.get('size')
     self.clean_accuracy = None
-    self.num_test = None
+    self.num_test = config['data'].get('num_test') or 'all'
+
     metrics = os.path.join(workdir, 'metrics.jsonl')
     if os.path.exists(metrics):
       with open(metrics) as f:
@@ -61,7 +62,6 @@ class Run:
             continue
           if 'test_accuracy' in record:
             self.clean_accuracy = record['test_accuracy']
-            self.num_test = record.get('num_test')
 
   def cell(self, attack, targeted, value, *, transfer=False, n=None):
     """The finished cell with the most images (or exactly n), else None."""
@@ -154,7 +154,7 @@ def table4(groups) -> list[str]:
             paper_tables.paper_dataset(dataset), {}).get(preset)
         lines.append(f'| {dataset} | {paper_tables.PAPER_NAMES[preset]} | '
                      f'{_fmt(r.clean_accuracy, 4)} | {_fmt(paper)} | '
-                     f'{r.num_test or "–"} |')
+                     f'{r.num_test} |')
   return lines
 
 
