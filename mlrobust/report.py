@@ -111,6 +111,17 @@ def _setting_note(cells):
                    for k, v in notes.items())
 
 
+def _wall_note(cells) -> str:
+  """Attack wall time summed over the cells, per dataset and model."""
+  total = {}
+  for c in cells:
+    if c is not None:
+      key = (c['dataset'], c['preset'])
+      total[key] = total.get(key, 0.0) + c.get('wall_s', 0.0)
+  return ', '.join(f'{ds} {paper_tables.PAPER_NAMES.get(p, p)} {t / 60:.1f} min'
+                   for (ds, p), t in total.items())
+
+
 def grid_table(groups, table_name: str) -> list[str]:
   """Markdown lines of Table 3 or 5 (one block per attack)."""
   table = getattr(paper_tables, table_name.upper())
@@ -139,7 +150,8 @@ def grid_table(groups, table_name: str) -> list[str]:
           row.append(f'{_fmt(ours)} ({_fmt(paper)})')
         lines.append(f'| {dataset} | {paper_tables.PAPER_NAMES[preset]} | ' +
                      ' | '.join(row) + ' |')
-    lines.append(f'\nPer cell: {_setting_note(used) or "no results"}.\n')
+    lines.append(f'\nPer cell: {_setting_note(used) or "no results"}. '
+                 f'Wall time: {_wall_note(used) or "–"}.\n')
   return lines
 
 
@@ -180,7 +192,8 @@ def table6(groups) -> list[str]:
                    ' | '.join(row) + ' |')
   proxies = sorted({c['proxy_workdir'] for c in used if c})
   lines.append(f'\nPer cell: {_setting_note(used) or "no results"}. '
-               f'Crafted on: {", ".join(proxies) or "–"} (softmax_ce).\n')
+               f'Crafted on: {", ".join(proxies) or "–"} (softmax_ce). '
+               f'Wall time (crafting included): {_wall_note(used) or "–"}.\n')
   return lines
 
 
@@ -207,7 +220,8 @@ def table7(groups) -> list[str]:
                      f' ({_fmt(p)})')
       lines.append(f'| {dataset} | {paper_tables.PAPER_NAMES[preset]} | ' +
                    ' | '.join(row) + ' |')
-  lines.append(f'\nPer cell: {_setting_note(used) or "no results"}.\n')
+  lines.append(f'\nPer cell: {_setting_note(used) or "no results"}. '
+               f'Wall time: {_wall_note(used) or "–"}.\n')
   return lines
 
 
