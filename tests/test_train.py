@@ -97,7 +97,7 @@ def test_sigkilled_run_resumes_to_the_same_parameters(mock_mnist, tmp_path):
   full, killed = str(tmp_path / 'full'), str(tmp_path / 'killed')
   proc = _child(killed, manual, slow=True)
   ckpt_dir = checkpoints.checkpoint_dir(killed)
-  deadline = time.time() + 120
+  deadline = time.time() + 600  # Generous: the child compiles first.
   while time.time() < deadline:
     steps = [int(d) for d in os.listdir(ckpt_dir) if d.isdigit()] if os.path.isdir(
         ckpt_dir) else []
