@@ -1,6 +1,6 @@
 r"""Renders evaluation results next to the paper's: markdown tables and plots.
 
-  python -m mlrobust.report --out=DIR W1 W2 ...
+  python -m mlrobust.report --out=DIR [--splice=DOC.md] W1 W2 ...
 
 reads the cell files of `--mode=evaluate` (W/eval/*.json) and the clean test
 accuracy (W/metrics.jsonl) of each workdir (or copy of one: only those files
@@ -12,6 +12,9 @@ and the saved example images are read), and writes
   swept parameter, one line per model, the paper's values dashed;
 - DIR/<dataset>_figure1.png, _figure2.png, _figure3.png: clean images above
   their adversarial versions (Figures 1-3 of the paper).
+With --splice, the tables also replace the text between the
+`<!-- report:begin -->` and `<!-- report:end -->` lines of DOC.md (how
+REPRODUCTION.md is kept in step with its result files).
 Our datasets are matched to the paper's by `paper_tables.paper_dataset`
 (`cifar10_jpeg` is compared with the paper's CIFAR-10 and says so).
 """
@@ -425,20 +428,53 @@ def render(workdirs, out_dir: str) -> str:
   return path
 
 
+BEGIN, END = '<!-- report:begin -->', '<!-- report:end -->'
+
+
+def splice(report_path: str, doc_path: str) -> None:
+  """Replaces the text between the report markers of doc_path by the tables.
+
+  Image links are made relative to the document's folder.
+  """
+  with open(report_path) as f:
+    text = f.read()
+  body = text[text.index('## Table 3'):text.index('## Plots')]
+  with open(doc_path) as f:
+    doc = f.read()
+  if BEGIN not in doc or END not in doc:
+    raise ValueError(f'{doc_path} has no {BEGIN} ... {END} markers')
+  head, rest = doc.split(BEGIN, 1)
+  _, tail = rest.split(END, 1)
+  body = body.replace('## ', '### ')
+  with open(doc_path + '.tmp', 'w') as f:
+    f.write(f'{head}{BEGIN}\n{body}{END}{tail}')
+  os.replace(doc_path + '.tmp', doc_path)
+
+
 def main(argv):
   out = 'report'
+  doc = None
   workdirs = []
   for arg in argv[1:]:
     if arg.startswith('--out='):
       out = arg.split('=', 1)[1]
+    elif arg.startswith('--splice='):
+      doc = arg.split('=', 1)[1]
+    elif arg.startswith('--'):
+      sys.exit(f'unknown flag {arg}; usage: python -m mlrobust.report '
+               '[--out=DIR] [--splice=DOC.md] W1 W2 ...')
     else:
       workdirs.append(arg)
   if not workdirs:
-    sys.exit('usage: python -m mlrobust.report [--out=DIR] W1 W2 ...')
+    sys.exit('usage: python -m mlrobust.report [--out=DIR] [--splice=DOC.md] '
+             'W1 W2 ...')
   try:
-    print(render(workdirs, out))
+    path = render(workdirs, out)
+    if doc:
+      splice(path, doc)
   except (FileNotFoundError, ValueError) as e:
     sys.exit(f'error: {e}')
+  print(path)
 
 
 if __name__ == '__main__':

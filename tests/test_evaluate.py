@@ -251,3 +251,17 @@ def test_report_renders_tables_and_plots(trained, tmp_path):
   # The ladder stops at the first eps reaching 100% success.
   rates = [c['success_rate'] for c in ladder]
   assert all(r < 1 for r in rates[:-1])
+
+
+def test_report_splices_tables_between_markers(trained, tmp_path):
+  _, workdir = trained
+  doc = tmp_path / 'DOC.md'
+  doc.write_text('intro\n<!-- report:begin -->\nold\n<!-- report:end -->\nend\n')
+  report.main(['prog', f'--out={tmp_path / "r"}', f'--splice={doc}', workdir])
+  text = doc.read_text()
+  assert text.startswith('intro\n<!-- report:begin -->\n### Table 3')
+  assert 'old' not in text and text.endswith('<!-- report:end -->\nend\n')
+  (tmp_path / 'bad.md').write_text('no markers')
+  with pytest.raises(SystemExit, match='markers'):
+    report.main(['prog', f'--out={tmp_path / "r"}',
+                 f'--splice={tmp_path / "bad.md"}', workdir])
