@@ -19,6 +19,7 @@ import jax
 import numpy as np
 
 from mlrobust import attacks
+from mlrobust import classifier
 from mlrobust import data
 from mlrobust import train
 
@@ -93,22 +94,15 @@ def run_attack(config, workdir: str) -> dict:
   a = config.attack
   params = attack_params(a)
   clf = train.load_classifier(config, workdir)
-  data_config = config.data.copy_and_resolve_references()
-  with data_config.unlocked():
-    data_config.num_train = 1  # Only the test split is needed.
-    data_config.num_test = config.eval.num_examples
-  dataset = data.load(data_config)
-  x = data.images_to_float(dataset.test.images)
-  labels = dataset.test.labels
+  dataset_name, x, labels = data.load_test(config.data,
+                                           config.eval.num_examples)
   rng = jax.random.key(a.seed)
   target_key, attack_key = jax.random.split(rng)
-  clean_pred = np.concatenate([
-      np.asarray(clf.predict(x[i:i + a.batch_size]))
-      for i in range(0, len(x), a.batch_size)])
+  clean_pred = classifier.predict_batched(clf, x, a.batch_size)
   goal = (attacks.random_targets(target_key, labels, clf.num_classes)
           if a.targeted else labels)
   logging.info('Attacking %d %s test images with %s (%s) %s', len(x),
-               dataset.name, a.name, 'targeted' if a.targeted else
+               dataset_name, a.name, 'targeted' if a.targeted else
                'untargeted', params)
   start = time.time()
   result = attacks.get(a.name)(clf, x, goal, targeted=a.targeted,
@@ -116,7 +110,7 @@ def run_attack(config, workdir: str) -> dict:
                                **params)
   wall = time.time() - start
   summary = {
-      'dataset': dataset.name, 'preset': config.preset,
+      'dataset': dataset_name, 'preset': config.preset,
       'model': f'densenet-{config.model.depth}-k{config.model.growth_rate}',
       'attack': a.name, 'targeted': bool(a.targeted),
       'params': effective_params(a.name, params), 'seed': a.seed,

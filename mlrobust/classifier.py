@@ -23,6 +23,7 @@ from typing import Any, Callable, NamedTuple, Optional
 import flax.struct
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from mlrobust import heads
 from mlrobust import losses
@@ -122,6 +123,13 @@ def from_model(model, variables: Any, targets: jax.Array, *, activation: str,
   return Classifier(apply_fn=apply_fn, variables=variables,
                     targets=jnp.asarray(targets), activation=activation,
                     loss_name=loss)
+
+
+def predict_batched(clf: 'Classifier', x, batch_size: int) -> np.ndarray:
+  """Predicted classes [B] of x (numpy), batch_size images per call."""
+  return np.concatenate([np.asarray(clf.predict(x[i:i + batch_size]))
+                         for i in range(0, len(x), batch_size)] or
+                        [np.zeros((0,), np.int32)])
 
 
 def from_function(fn: Callable[..., jax.Array], targets: jax.Array, *,

@@ -202,6 +202,20 @@ def load(data_config) -> Dataset:
   return Dataset(name, train, test, num_classes)
 
 
+def load_test(data_config, n: int):
+  """(dataset name, the first n test images as float32 in [0, 1], labels).
+
+  n = 0: the whole test split. Reads only one training example.
+  """
+  data_config = data_config.copy_and_resolve_references()
+  with data_config.unlocked():
+    data_config.num_train = 1  # Only the test split is needed.
+    data_config.num_test = n
+  dataset = load(data_config)
+  return (dataset.name, images_to_float(dataset.test.images),
+          dataset.test.labels)
+
+
 def images_to_float(images) -> np.ndarray:
   """uint8 images to float32 in [0, 1] (works on numpy and jax arrays)."""
   return images.astype(np.float32) / 255.0

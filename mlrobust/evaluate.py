@@ -50,6 +50,7 @@ import numpy as np
 
 from mlrobust import attack_run
 from mlrobust import attacks
+from mlrobust import classifier
 from mlrobust import data
 from mlrobust import paper_tables
 from mlrobust import train
@@ -282,22 +283,6 @@ class _Progress:
                  (time.time() - self.start) / 60, eta)
 
 
-def _load_test(config, n: int):
-  data_config = config.data.copy_and_resolve_references()
-  with data_config.unlocked():
-    data_config.num_train = 1  # Only the test split is needed.
-    data_config.num_test = n
-  dataset = data.load(data_config)
-  return dataset.name, data.images_to_float(dataset.test.images), \
-      dataset.test.labels
-
-
-def _predict(clf, x, batch_size):
-  return np.concatenate([np.asarray(clf.predict(x[i:i + batch_size]))
-                         for i in range(0, len(x), batch_size)] or
-                        [np.zeros((0,), np.int32)])
-
-
 def _examples(x, adv, labels, goal, pred, k):
   return dict(clean=x[:k], adv=adv[:k], label=labels[:k], goal=goal[:k],
               prediction=pred[:k])
@@ -355,8 +340,8 @@ def run_evaluate(config, workdir: str) -> dict:
   proxy = _proxy(config, workdir)
   # Load as many test images as the largest cell needs (0 = all of them).
   wanted = [_num_examples(config, a, np.inf) for a in FAMILIES]
-  dataset_name, x_all, labels_all = _load_test(
-      config, 0 if np.inf in wanted else int(max(wanted)))
+  dataset_name, x_all, labels_all = data.load_test(
+      config.data, 0 if np.inf in wanted else int(max(wanted)))
   num_test = len(x_all)
   cells = plan(config, num_test, proxy_name=proxy and proxy[0])
   tables = [t.strip() for t in config.eval.tables.split(',')]
@@ -374,7 +359,7 @@ def run_evaluate(config, workdir: str) -> dict:
           'size': config.size,
           'model': f'densenet-{config.model.depth}-k{config.model.growth_rate}',
           'seed': config.eval.seed}
-  clean_pred_all = _predict(clf, x_all, config.eval.batch_size)
+  clean_pred_all = classifier.predict_batched(clf, x_all, config.eval.batch_size)
 
   def run_cell(cell: Cell) -> tuple[dict, bool]:
     path = os.path.join(out_dir, cell.id + '.json')
@@ -395,7 +380,7 @@ def run_evaluate(config, workdir: str) -> dict:
       adv, craft_s, proxy_acc = _crafted(proxy_dir, proxy_clf, cell, x,
                                          labels, batch_size, rng)
       start = time.time()
-      pred = _predict(clf, adv, config.eval.batch_size)  # Labels only.
+      pred = classifier.predict_batched(clf, adv, config.eval.batch_size)  # Labels only.
       wall = time.time() - start + craft_s
       flat = (adv - x).reshape(n, -1)
       l2, linf = np.linalg.norm(flat, axis=1), np.abs(flat).max(axis=1)

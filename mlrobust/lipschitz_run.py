@@ -26,7 +26,6 @@ import json
 import os
 import sys
 
-import jax
 import numpy as np
 
 from mlrobust import data
@@ -57,20 +56,15 @@ def run_lipschitz(config, workdir: str) -> dict:
     layers.append(row)
   lipschitz = per_method['upper']['structured']
 
-  data_config = config.data.copy_and_resolve_references()
-  with data_config.unlocked():
-    data_config.num_train = 1
-    data_config.num_test = config.eval.num_examples
-  dataset = data.load(data_config)
-  x = data.images_to_float(dataset.test.images)
-  labels = dataset.test.labels
+  dataset_name, x, labels = data.load_test(config.data,
+                                           config.eval.num_examples)
   radii = np.concatenate([
       np.asarray(spectral.certified_radius(
           clf.outputs(x[i:i + 500]), clf.targets, labels[i:i + 500],
           lipschitz)) for i in range(0, len(x), 500)])
   pixels = int(np.prod(shape))
   summary = {
-      'dataset': dataset.name, 'preset': config.preset,
+      'dataset': dataset_name, 'preset': config.preset,
       'model': f'densenet-{config.model.depth}-k{config.model.growth_rate}',
       'layers': layers,
       'network': {method: {'product': r['product'],

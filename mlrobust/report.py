@@ -27,6 +27,7 @@ import numpy as np
 
 from mlrobust import evaluate
 from mlrobust import paper_tables
+from mlrobust import train
 
 PRESETS = paper_tables.PRESETS
 _PARAM_LABEL = {'eps': 'eps', 'initial_const': 'c', 'max_iter': 'm'}
@@ -41,12 +42,7 @@ class Run:
   def __init__(self, workdir: str):
     self.workdir = workdir
     self.cells = evaluate.cell_results(workdir)
-    config_path = os.path.join(workdir, 'config.json')
-    if not os.path.exists(config_path):
-      raise FileNotFoundError(f'{config_path} is missing; is {workdir} a '
-                              'workdir of mlrobust?')
-    with open(config_path) as f:
-      config = json.load(f)
+    config = train.saved_config(workdir)
     self.dataset = config['data']['name']
     self.preset = config['preset']
     self.model = (f"densenet-{config['model']['depth']}-"
