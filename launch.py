@@ -1,13 +1,29 @@
-r"""Entry point: `python launch.py --config=configs/mnist.py:tanh_mse --workdir=W`.
+r"""The one entry point of mlrobust: `python launch.py --mode=M ...`.
 
-Modes (--mode): train (train or resume the run in the workdir, then print its
-clean test accuracy); attack (attack the trained model of the workdir with
-config.attack on config.eval.num_examples test images, print and save the
-result as JSON in <workdir>/attacks/); lipschitz (per-layer Lipschitz bounds and
-certified accuracy, written to <workdir>/lipschitz.json); evaluate (the
-paper's attack grids, Tables 3 and 5-7, one JSON file per cell in
-<workdir>/eval/, resumable; see mlrobust/evaluate.py). Every config field can be overridden with
---config.a.b=value; see configs/common.py for the fields.
+Modes on one run (need --config and --workdir):
+  train      train or resume the run in the workdir, print its clean test
+             accuracy (mlrobust/train.py);
+  attack     attack the trained model with config.attack on
+             config.eval.num_examples test images, print and save the result
+             in <workdir>/attacks/ (mlrobust/attack_run.py);
+  evaluate   the attack grids of config.eval (by default the paper's Tables
+             3, 5-7 and the Figure 1 ladder), one resumable JSON file per cell
+             in <workdir>/eval/ (mlrobust/evaluate.py);
+  lipschitz  per-layer Lipschitz bounds and certified accuracy, written to
+             <workdir>/lipschitz.json (mlrobust/lipschitz_run.py).
+Modes on several trained runs (need --workdirs and --out; each run's own
+config.json is used, so --config is not needed):
+  report     tables next to the paper's, plots and Figures 1-3 in the --out
+             folder; --splice=DOC.md also replaces DOC.md's report section
+             (mlrobust/report.py);
+  figure4    Figure 4 (--out=F.png) and its per-layer tables (F.md),
+             computing lipschitz.json where missing (or all, --recompute).
+
+  python launch.py --config=configs/mnist.py:tanh_mse,cpu --workdir=W
+  python launch.py --mode=report --workdirs=W1,W2,W3 --out=report
+
+Every config field can be overridden with --config.a.b=value; see
+configs/common.py for the fields.
 """
 
 import json
@@ -19,65 +35,87 @@ from absl import logging
 from ml_collections import config_flags
 
 from mlrobust import attack_run
+from mlrobust import attacks
+from mlrobust import checkpoints
 from mlrobust import config_lib
 from mlrobust import evaluate
+from mlrobust import grids
 from mlrobust import lipschitz_run
+from mlrobust import report
 from mlrobust import train
+
+RUN_MODES = {
+    # mode: (run(config, workdir) -> result, describe(result) -> str)
+    'train': (train.train_and_evaluate, train.describe),
+    'attack': (attack_run.run_attack, attack_run.describe),
+    'evaluate': (evaluate.run_evaluate, evaluate.describe),
+    'lipschitz': (lipschitz_run.run_lipschitz, lipschitz_run.describe),
+}
+MULTI_MODES = ('report', 'figure4')
 
 _CONFIG = config_flags.DEFINE_config_file(
     'config', None, 'Config file, e.g. configs/mnist.py:tanh_mse,cpu.',
     lock_config=True)
+_MODE = flags.DEFINE_enum('mode', 'train', sorted(RUN_MODES) + list(MULTI_MODES),
+                          'What to run.')
 _WORKDIR = flags.DEFINE_string('workdir', None,
-                               'Directory for checkpoints and results.')
-MODES = {'train': train.train_and_evaluate, 'attack': attack_run.run_attack,
-         'lipschitz': lipschitz_run.run_lipschitz,
-         'evaluate': evaluate.run_evaluate}
-_MODE = flags.DEFINE_enum('mode', 'train', sorted(MODES), 'What to run.')
-flags.mark_flags_as_required(['config', 'workdir'])
+                               'Directory of the run (train, attack, '
+                               'evaluate, lipschitz).')
+_WORKDIRS = flags.DEFINE_list('workdirs', None,
+                              'Trained runs, comma-separated (report, '
+                              'figure4).')
+_OUT = flags.DEFINE_string('out', None,
+                           'Output: a folder (report) or a .png (figure4).')
+_SPLICE = flags.DEFINE_string('splice', None,
+                              'report: also replace the report section of '
+                              'this markdown file.')
+_RECOMPUTE = flags.DEFINE_bool('recompute', False,
+                               'figure4: recompute every lipschitz.json.')
+
+# Errors that are the user's to fix: printed as one line, no traceback.
+_USER_ERRORS = (ValueError, FileNotFoundError, checkpoints.CheckpointError)
+
+
+def _check_run_mode(mode, config) -> None:
+  if config is None or not _WORKDIR.value:
+    raise app.UsageError(f'--mode={mode} needs --config and --workdir')
+  config_lib.validate(config)
+  if mode == 'attack':
+    attacks.params_from_config(config.attack)
+  if mode == 'evaluate':
+    grids.check(config.eval)
 
 
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
-  config = _CONFIG.value
+  mode, config = _MODE.value, _CONFIG.value
+  if mode in MULTI_MODES:
+    if not _WORKDIRS.value or not _OUT.value:
+      raise app.UsageError(f'--mode={mode} needs --workdirs and --out')
+    try:
+      if mode == 'report':
+        written = report.write_report(_WORKDIRS.value, _OUT.value,
+                                      splice_into=_SPLICE.value)
+      else:
+        written = lipschitz_run.figure4(_WORKDIRS.value, _OUT.value,
+                                        recompute=_RECOMPUTE.value)
+    except _USER_ERRORS as e:
+      sys.exit(f'error: {e}')
+    print('\n'.join(written))
+    return
   try:
-    config_lib.validate(config)
-    if _MODE.value == 'attack':
-      attack_run.attack_params(config.attack)
-    if _MODE.value == 'evaluate':
-      evaluate.check_config(config)
+    _check_run_mode(mode, config)
   except ValueError as e:
     sys.exit(f'error: {e}')
   logging.info('Config (secrets redacted):\n%s',
                json.dumps(config_lib.public_dict(config), indent=2))
-  result = MODES[_MODE.value](config, _WORKDIR.value)
-  if _MODE.value == 'train':
-    print(f'clean test accuracy: {result["test_accuracy"]:.4f} on '
-          f'{result["num_test"]} {result["dataset"]} test images '
-          f'(step {result["step"]}, {result["wall_s"]:.0f} s)')
-  elif _MODE.value == 'attack':
-    r = result
-    metric = 'success rate' if r['targeted'] else 'accuracy under attack'
-    l2, linf = r['median_l2_successful'], r['median_linf_successful']
-    print(f'{r["attack"]} ({"targeted" if r["targeted"] else "untargeted"}) '
-          f'on {r["num_examples"]} {r["dataset"]} test images, '
-          f'{r["preset"]} {r["model"]}: clean accuracy '
-          f'{r["clean_accuracy"]:.4f}, {metric} {r[r["metric"]]:.4f}; '
-          f'median L2 {l2 if l2 is None else round(l2, 4)}, median Linf '
-          f'{linf if linf is None else round(linf, 4)} of successful '
-          f'examples ({r["wall_s"]:.0f} s)\n{r["path"]}')
-  elif _MODE.value == 'evaluate':
-    print(f'{len(result["cells"])} cells of {result["preset"]} on '
-          f'{result["dataset"]} in {result["path"]}; render them with '
-          f'python -m mlrobust.report')
-  else:
-    c = result['certificate']
-    print(f'{result["dataset"]} {result["preset"]} {result["model"]}: '
-          f'network Lipschitz bound {c["lipschitz_bound"]:.4g} (paper\'s '
-          f'product of circular norms '
-          f'{result["network"]["circular"]["product"]:.4g}); certified '
-          f'accuracy at L2 radius {c["certified_accuracy_l2"]} on '
-          f'{c["num_examples"]} test images\n{result["path"]}')
+  run, describe = RUN_MODES[mode]
+  try:
+    result = run(config, _WORKDIR.value)
+  except _USER_ERRORS as e:
+    sys.exit(f'error: {e}')
+  print(describe(result))
 
 
 if __name__ == '__main__':

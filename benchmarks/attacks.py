@@ -29,7 +29,7 @@ from configs import common
 from mlrobust import attacks
 from mlrobust import classifier as classifier_lib
 from mlrobust import heads
-from mlrobust import train
+from mlrobust import models
 
 _BATCH = flags.DEFINE_integer('batch_size', 128, 'Images per batch.')
 _REPEATS = flags.DEFINE_integer('repeats', 3, 'Timed runs per attack.')
@@ -49,7 +49,7 @@ def _timed(fn, repeats):
 def main(argv):
   del argv
   config = common.get_config('mnist', f'{_PRESET.value},cpu')
-  model = train.make_model(config)
+  model = models.make(config.model, config.head.dim)
   variables = model.init(jax.random.key(0), jnp.zeros((1, 28, 28, 1)))
   targets = heads.make_targets(config.head.targets, 10, config.head.dim,
                                jax.random.key(1))

@@ -5,7 +5,7 @@ r"""Time of the per-layer Lipschitz analysis of a paper-scale DenseNet-40.
 Random weights (the cost does not depend on them), CIFAR-shaped 32x32x3 input.
 For each method, the wall time (compilation included, caches cleared) of
 (a) the baseline: one compiled call per conv layer (each layer's shape is new,
-so each compiles), and (b) `spectral.densenet_bounds`, which batches the
+so each compiles), and (b) `spectral.network_bounds`, which batches the
 layers of equal kernel size, output channels and input size into one vmapped
 call. See BENCHMARKS.md.
 """
@@ -14,6 +14,7 @@ import sys
 import time
 
 import jax
+import ml_collections
 import numpy as np
 
 from mlrobust import spectral
@@ -54,7 +55,7 @@ def main(methods):
   kernels, sizes = _convs(variables, 32)
   print(f'DenseNet-40 (growth 12), 32x32x3 input, {len(kernels)} conv '
         f'layers, jax {jax.__version__} on {jax.devices()[0].device_kind}')
-  print('| method | per layer (baseline) | densenet_bounds (batched) | ratio '
+  print('| method | per layer (baseline) | network_bounds (batched) | ratio '
         '| max rel. difference |')
   print('|---|---|---|---|---|')
   for method in methods:
@@ -64,7 +65,9 @@ def main(methods):
     t_base = time.perf_counter() - start
     jax.clear_caches()
     start = time.perf_counter()
-    bounds = spectral.densenet_bounds(variables, 32, method=method)
+    structure = densenet.lipschitz_structure(
+        variables, 32, ml_collections.ConfigDict({'stem_stride': 1}))
+    bounds = spectral.network_bounds(structure, method=method)
     t_new = time.perf_counter() - start
     convs = [v for _, kind, v in bounds['layers'] if kind == 'conv']
     diff = np.max(np.abs(np.array(convs) - baseline) / np.array(baseline))

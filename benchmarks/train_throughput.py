@@ -24,6 +24,7 @@ from configs import common
 from mlrobust import classifier as classifier_lib
 from mlrobust import data
 from mlrobust import heads
+from mlrobust import models
 from mlrobust import train
 
 _DATASET = flags.DEFINE_enum('dataset', 'mnist', sorted(data.DATASETS),
@@ -47,7 +48,7 @@ def _time(fn, repeats):
 def measure(dataset, preset, size, batch_size, repeats):
   config = common.get_config(dataset, f'{preset},{size}')
   shape, num_classes = data.info(dataset)
-  model = train.make_model(config)
+  model = models.make(config.model, config.head.dim)
   tx = train.make_optimizer(config, 1000)
   state = train.init_state(config, model, tx, shape)
   targets = heads.make_targets(config.head.targets, num_classes,

@@ -12,15 +12,21 @@ tests).
 from ml_collections import config_dict
 
 from mlrobust import config_lib
+from mlrobust import grids
+from mlrobust import paper_tables
 
-PRESETS = ('softmax_ce', 'softmax_mse', 'tanh_mse')
+PRESETS = paper_tables.PRESETS
 SIZES = ('paper', 'cpu', 'smoke')
-_HEADS = {
-    # preset: (activation, targets, loss)
-    'softmax_ce': ('softmax', 'onehot', 'ce'),
-    'softmax_mse': ('softmax', 'onehot', 'mse'),
-    'tanh_mse': ('tanh', 'codebook', 'mse'),
-}
+
+
+def _adam(c, learning_rate: float, schedule: str) -> None:
+  """Adam without weight decay (the small sizes), in place of the paper's SGD."""
+  c.optimizer.name = 'adam'
+  c.optimizer.learning_rate = learning_rate
+  c.optimizer.momentum = 0.0
+  c.optimizer.nesterov = False
+  c.optimizer.weight_decay = 0.0
+  c.optimizer.schedule = schedule
 
 
 def get_config(dataset: str, arg: str | None, num_classes: int = 10):
@@ -28,7 +34,7 @@ def get_config(dataset: str, arg: str | None, num_classes: int = 10):
   preset, size = config_lib.parse_arg(arg, presets=PRESETS, sizes=SIZES,
                                       default_preset='tanh_mse',
                                       default_size='paper')
-  activation, targets, loss = _HEADS[preset]
+  activation, targets, loss = paper_tables.HEADS[preset]
   c = config_dict.ConfigDict()
   c.preset = preset
   c.size = size
@@ -84,23 +90,30 @@ def get_config(dataset: str, arg: str | None, num_classes: int = 10):
   c.eval = config_dict.ConfigDict()
   c.eval.batch_size = 500
   c.eval.num_examples = 1000  # Test images attacked (0 = the whole split).
-  # --mode=evaluate (mlrobust/evaluate.py): the paper's Tables 3, 5, 6, 7 and
-  # the Figure 1 eps ladder, or the user's own grid, e.g.
-  # 'pgd:eps=0.01,0.03;targeted:cw_l2_distance:initial_const=0.1'.
-  c.eval.tables = 'table3,table5,table6,table7,figure1'
+  # --mode=evaluate (mlrobust/evaluate.py, mlrobust/grids.py): named grid
+  # entries (attack, targeted, swept param and values, images, ...), here the
+  # paper's Tables 3, 5, 6, 7 and the Figure 1 eps ladder; eval.tables picks
+  # the tables that run. eval.grid: a one-line shorthand for your own entries,
+  # e.g. 'pgd:eps=0.01,0.03;targeted:cw_l2_distance:initial_const=0.1'.
+  table7 = preset in ('softmax_ce', 'tanh_mse')  # The paper's Table 7 models.
+  c.eval.grids = grids.paper_entries(with_table7=table7)
+  c.eval.tables = tuple(t for t in grids.PAPER_TABLES
+                        if t != 'table7' or table7)
   c.eval.grid = ''
   c.eval.proxy_workdir = ''  # Table 6: a trained softmax_ce run to craft on.
-  # Images per cell by attack family (None: eval.num_examples; 0: all).
-  c.eval.num_examples_linf = 0  # fgsm, bim, mim, pgd
-  c.eval.num_examples_deepfool = 0
-  c.eval.num_examples_cw = 0  # cw_l2, cw_l2_distance
-  c.eval.num_examples_lbfgs = 0
-  # None: the paper's 1000 iterations (Table 2); set to fit a CPU budget.
-  c.eval.cw_max_iterations = config_dict.placeholder(int)
-  c.eval.lbfgs_max_iterations = config_dict.placeholder(int)
-  c.eval.figure1_eps = (0.01, 0.02, 0.03, 0.04, 0.06, 0.08, 0.1, 0.15, 0.2,
-                        0.25, 0.3, 0.35, 0.4, 0.5)
-  c.eval.num_examples_figure1 = config_dict.placeholder(int)  # None: _linf.
+  # Images per cell of an entry whose `images` is None, by attack family
+  # (0: the whole test split); figure1: the ladder (None: as linf).
+  c.eval.images = config_dict.ConfigDict()
+  c.eval.images.linf = 0  # fgsm, bim, mim, pgd
+  c.eval.images.deepfool = 0
+  c.eval.images.cw = 0  # cw_l2, cw_l2_distance
+  c.eval.images.lbfgs = 0
+  c.eval.images.figure1 = config_dict.placeholder(int)
+  # Iterations per binary-search step, by family. None: the paper's 1000
+  # (Table 2); set to fit a CPU budget (recorded in each cell).
+  c.eval.max_iterations = config_dict.ConfigDict()
+  c.eval.max_iterations.cw = config_dict.placeholder(int)
+  c.eval.max_iterations.lbfgs = config_dict.placeholder(int)
   c.eval.save_examples = 8  # Clean/adversarial images kept per cell.
   c.eval.seed = 0  # Random targets and attack keys.
 
@@ -130,34 +143,20 @@ def get_config(dataset: str, arg: str | None, num_classes: int = 10):
     c.model.depth = 13
     c.model.growth_rate = 8
     c.model.stem_stride = 2
-    c.optimizer.name = 'adam'
-    c.optimizer.learning_rate = 3e-3
-    c.optimizer.momentum = 0.0
-    c.optimizer.nesterov = False
-    c.optimizer.weight_decay = 0.0
-    c.optimizer.schedule = 'cosine'
+    _adam(c, 3e-3, 'cosine')
     c.optimizer.warmup_epochs = 0.2
     c.train.batch_size = 128
     c.train.num_epochs = 6
     c.train.log_every_steps = 50
     # A CPU evaluation budget (about 15 min per model); see REPRODUCTION.md.
-    c.eval.num_examples_linf = 500
-    c.eval.num_examples_deepfool = 100
-    c.eval.num_examples_cw = 8
-    c.eval.num_examples_lbfgs = 8
-    c.eval.lbfgs_max_iterations = 100
-    c.eval.num_examples_figure1 = 100
+    c.eval.images.update(linf=500, deepfool=100, cw=8, lbfgs=8, figure1=100)
+    c.eval.max_iterations.lbfgs = 100
   elif size == 'smoke':
     c.model.depth = 7  # One composite layer per block.
     c.model.growth_rate = 4
     c.model.stem_features = 4
     c.model.stem_stride = 2
-    c.optimizer.name = 'adam'
-    c.optimizer.learning_rate = 1e-3
-    c.optimizer.momentum = 0.0
-    c.optimizer.nesterov = False
-    c.optimizer.weight_decay = 0.0
-    c.optimizer.schedule = 'constant'
+    _adam(c, 1e-3, 'constant')
     c.data.num_train = 256
     c.data.num_test = 128
     c.train.batch_size = 32
@@ -165,11 +164,7 @@ def get_config(dataset: str, arg: str | None, num_classes: int = 10):
     c.train.log_every_steps = 4
     c.eval.batch_size = 64
     c.eval.num_examples = 32
-    c.eval.num_examples_linf = 16
-    c.eval.num_examples_deepfool = 8
-    c.eval.num_examples_cw = 4
-    c.eval.num_examples_lbfgs = 4
-    c.eval.cw_max_iterations = 10
-    c.eval.lbfgs_max_iterations = 5
-    c.eval.figure1_eps = (0.1, 0.3, 1.0)
+    c.eval.images.update(linf=16, deepfool=8, cw=4, lbfgs=4)
+    c.eval.max_iterations.update(cw=10, lbfgs=5)
+    c.eval.grids.figure1_pgd.param_values = (0.1, 0.3, 1.0)
   return c

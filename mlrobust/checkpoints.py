@@ -50,8 +50,11 @@ def save(manager: ocp.CheckpointManager, step: int, state: Any) -> None:
 
 
 def restore(manager: ocp.CheckpointManager, target: Any,
-            step: Optional[int] = None) -> Any:
+            step: Optional[int] = None, *, partial: bool = False) -> Any:
   """Restores `step` (default: latest) into the structure of `target`.
+
+  With `partial`, `target` may name a subset of the saved top-level entries
+  (e.g. only params and batch_stats); the rest is not read.
 
   Raises:
     CheckpointError: no checkpoint, or one that cannot be read into `target`.
@@ -63,7 +66,14 @@ def restore(manager: ocp.CheckpointManager, target: Any,
         f'--mode=train and the same --workdir')
   abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, target)
   try:
-    restored = manager.restore(step, args=ocp.args.StandardRestore(abstract))
+    if partial:
+      args = ocp.args.PyTreeRestore(
+          abstract,
+          restore_args=ocp.checkpoint_utils.construct_restore_args(abstract),
+          partial_restore=True)
+    else:
+      args = ocp.args.StandardRestore(abstract)
+    restored = manager.restore(step, args=args)
   except Exception as e:  # pylint: disable=broad-except
     raise CheckpointError(
         f'checkpoint {os.path.join(str(manager.directory), str(step))} '

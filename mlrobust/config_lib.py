@@ -2,10 +2,15 @@
 
 `parse_arg('tanh_mse,cpu', presets=..., sizes=...)` splits the text after the
 colon of `--config=configs/mnist.py:tanh_mse,cpu` and rejects unknown words;
-`validate(config)` checks values before any work starts; `public_dict(config)`
-is the config with its secrets removed, as written to config.json.
+`validate(config)` checks values before any work starts.
+
+Secrets (the codebook key) are handled here and only here: `codebook_key`
+reads the key from the config or the environment, `public_dict` is the config
+with secrets redacted as written to config.json, and `without_secrets` blanks
+them in a config read back (or before two configs are compared).
 """
 
+import copy
 import os
 from typing import Sequence
 
@@ -14,7 +19,7 @@ from ml_collections import config_dict
 from mlrobust import data
 from mlrobust import heads
 from mlrobust import losses
-from mlrobust.models import densenet
+from mlrobust import models
 
 CODEBOOK_KEY_ENV = 'MLROBUST_CODEBOOK_KEY'
 SECRET_FIELDS = (('head', 'codebook_key'),)
@@ -55,17 +60,9 @@ def validate(config: config_dict.ConfigDict) -> None:
   _, num_classes = data.info(config.data.name)
   _check(config.data.num_train >= 0, 'data.num_train must be >= 0 (0 = all)')
   _check(config.data.num_test >= 0, 'data.num_test must be >= 0 (0 = all)')
-  m = config.model
-  _check(m.name == 'densenet', f'model.name {m.name!r}; allowed: densenet')
-  _check(m.growth_rate >= 1, 'model.growth_rate must be >= 1')
-  _check(m.num_blocks >= 1, 'model.num_blocks must be >= 1')
-  _check(0 < m.compression <= 1, 'model.compression must be in (0, 1]')
-  _check(0 <= m.dropout_rate < 1, 'model.dropout_rate must be in [0, 1)')
-  _check(m.stem_stride in (1, 2), 'model.stem_stride must be 1 or 2')
-  try:
-    densenet.layers_per_block(m.depth, m.num_blocks, m.bottleneck)
-  except ValueError as e:
-    raise ValueError(f'invalid config: model.depth: {e}') from None
+  _check(config.model.name in models.MODELS,
+         f'model.name {config.model.name!r}; allowed: {sorted(models.MODELS)}')
+  models.validate(config.model)
   h = config.head
   _check(h.activation in heads.ACTIVATIONS and h.activation != 'identity',
          f'head.activation {h.activation!r}; allowed: softmax, tanh')
@@ -126,13 +123,22 @@ def codebook_key(config) -> int | None:
   return key
 
 
-def public_dict(config: config_dict.ConfigDict) -> dict:
-  """The config as a plain dict with secret fields removed."""
-  d = config.to_dict()
-  for path in SECRET_FIELDS:
+def _set_secrets(d: dict, value, *, only_if_set: bool) -> dict:
+  d = copy.deepcopy(d)
+  for *parents, leaf in SECRET_FIELDS:
     node = d
-    for part in path[:-1]:
+    for part in parents:
       node = node[part]
-    if node.get(path[-1]) is not None:
-      node[path[-1]] = '<redacted>'
+    if not only_if_set or node.get(leaf) is not None:
+      node[leaf] = value
   return d
+
+
+def public_dict(config: config_dict.ConfigDict) -> dict:
+  """The config as a plain dict with the secrets that are set redacted."""
+  return _set_secrets(config.to_dict(), '<redacted>', only_if_set=True)
+
+
+def without_secrets(d: dict) -> dict:
+  """A copy of a config dict with every secret field None."""
+  return _set_secrets(d, None, only_if_set=False)

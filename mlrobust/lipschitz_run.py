@@ -13,7 +13,8 @@ of the attacks (an Linf ball of radius eps lies in the L2 ball of radius
 eps * sqrt(pixels)). Certificates come from a bound and may be small; they
 are reported as they are.
 
-  python -m mlrobust.lipschitz_run --out=figure4.png [--recompute] W1 W2 ...
+  python launch.py --mode=figure4 --workdirs=W1,W2,... --out=figure4.png \
+      [--recompute]
 
 does the same for several workdirs in one call (each with the config it was
 trained with, from its config.json; a workdir that already has lipschitz.json
@@ -22,15 +23,14 @@ circular bound of each model, log scale, one panel per dataset) and writes
 the per-layer tables, CE next to MSE, as markdown next to it (figure4.md).
 """
 
-import json
 import os
-import sys
 
 import numpy as np
 
 from mlrobust import data
+from mlrobust import models
 from mlrobust import spectral
-from mlrobust import train
+from mlrobust import workdir as workdir_lib
 
 L2_RADII = (0.01, 0.05, 0.1, 0.25, 0.5, 1.0)
 LINF_EPS = (0.001, 0.005, 0.01, 0.02, 0.05, 0.1)
@@ -38,14 +38,12 @@ LINF_EPS = (0.001, 0.005, 0.01, 0.02, 0.05, 0.1)
 
 def run_lipschitz(config, workdir: str) -> dict:
   """Computes the bounds of `workdir`'s model; writes and returns them."""
-  clf = train.load_classifier(config, workdir)
+  clf = workdir_lib.load_classifier(config, workdir)
   shape, _ = data.info(config.data.name)
-  n = shape[0]
-  per_method = {
-      method: spectral.densenet_bounds(
-          clf.variables, n, method=method,
-          stem_stride=config.model.stem_stride)
-      for method in ('circular', 'exact', 'upper')}
+  structure = models.lipschitz_structure(config.model, clf.variables,
+                                         shape[0])
+  per_method = {method: spectral.network_bounds(structure, method=method)
+                for method in ('circular', 'exact', 'upper')}
   names = [name for name, _, _ in per_method['upper']['layers']]
   layers = []
   for i, name in enumerate(names):
@@ -65,7 +63,7 @@ def run_lipschitz(config, workdir: str) -> dict:
   pixels = int(np.prod(shape))
   summary = {
       'dataset': dataset_name, 'preset': config.preset,
-      'model': f'densenet-{config.model.depth}-k{config.model.growth_rate}',
+      'model': models.label(config.model),
       'layers': layers,
       'network': {method: {'product': r['product'],
                            'structured': r['structured']}
@@ -85,9 +83,7 @@ def run_lipschitz(config, workdir: str) -> dict:
       },
   }
   path = os.path.join(workdir, 'lipschitz.json')
-  with open(path + '.tmp', 'w') as f:
-    json.dump(summary, f, indent=2)
-  os.replace(path + '.tmp', path)
+  workdir_lib.write_json(path, summary, sort_keys=False)
   summary['path'] = path
   return summary
 
@@ -103,8 +99,7 @@ def plot_figure4(workdirs, out_path: str) -> None:
     if not os.path.exists(path):
       raise FileNotFoundError(f'{path} is missing; run --mode=lipschitz '
                               f'--workdir={w} first')
-    with open(path) as f:
-      runs.append(json.load(f))
+    runs.append(workdir_lib.read_json(path))
   datasets = sorted({r['dataset'] for r in runs})
   fig, axes = plt.subplots(1, len(datasets), figsize=(6 * len(datasets), 4),
                            squeeze=False)
@@ -127,8 +122,7 @@ def plot_figure4(workdirs, out_path: str) -> None:
 
 
 def _load(workdir):
-  with open(os.path.join(workdir, 'lipschitz.json')) as f:
-    return json.load(f)
+  return workdir_lib.read_json(os.path.join(workdir, 'lipschitz.json'))
 
 
 def markdown_tables(workdirs) -> str:
@@ -161,36 +155,32 @@ def markdown_tables(workdirs) -> str:
   return '\n'.join(lines)
 
 
-def main(argv):
-  out = 'figure4.png'
-  recompute = False
-  workdirs = []
-  for arg in argv[1:]:
-    if arg.startswith('--out='):
-      out = arg.split('=', 1)[1]
-    elif arg == '--recompute':
-      recompute = True
-    elif arg.startswith('--'):
-      sys.exit(f'unknown flag {arg}; usage: python -m mlrobust.lipschitz_run '
-               '[--out=F.png] [--recompute] W1 W2 ...')
-    else:
-      workdirs.append(arg)
+def describe(result: dict) -> str:
+  """Two lines for the command line."""
+  c = result['certificate']
+  return (f'{result["dataset"]} {result["preset"]} {result["model"]}: '
+          f'network Lipschitz bound {c["lipschitz_bound"]:.4g} (paper\'s '
+          f'product of circular norms '
+          f'{result["network"]["circular"]["product"]:.4g}); certified '
+          f'accuracy at L2 radius {c["certified_accuracy_l2"]} on '
+          f'{c["num_examples"]} test images\n{result["path"]}')
+
+
+def figure4(workdirs, out: str, *, recompute: bool = False) -> list[str]:
+  """Figure 4 and its per-layer tables (out, out with .md) for `workdirs`.
+
+  Computes lipschitz.json, with the config the run was trained with, for each
+  workdir that lacks it (or for all, with `recompute`). Returns the files
+  written.
+  """
   if not workdirs:
-    sys.exit('usage: python -m mlrobust.lipschitz_run [--out=F.png] '
-             '[--recompute] W1 W2 ...')
+    raise ValueError('figure4 needs at least one workdir')
   for w in workdirs:
     if recompute or not os.path.exists(os.path.join(w, 'lipschitz.json')):
-      config = train.saved_config(w)
-      result = run_lipschitz(config, w)
+      result = run_lipschitz(workdir_lib.saved_config(w), w)
       print(f"{result['path']}: structured bound "
             f"{result['certificate']['lipschitz_bound']:.4g}")
   plot_figure4(workdirs, out)
   table = os.path.splitext(out)[0] + '.md'
-  with open(table, 'w') as f:
-    f.write(markdown_tables(workdirs) + '\n')
-  print(out)
-  print(table)
-
-
-if __name__ == '__main__':
-  main(sys.argv)
+  workdir_lib.write_text(table, markdown_tables(workdirs) + '\n')
+  return [out, table]

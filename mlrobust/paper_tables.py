@@ -24,6 +24,12 @@ CONSTANTS = {
 }
 
 PRESETS = ('softmax_ce', 'softmax_mse', 'tanh_mse')
+# The paper's three models (its Section 4.2): (head activation, targets, loss).
+HEADS = {
+    'softmax_ce': ('softmax', 'onehot', 'ce'),
+    'softmax_mse': ('softmax', 'onehot', 'mse'),
+    'tanh_mse': ('tanh', 'codebook', 'mse'),
+}
 PAPER_NAMES = {'softmax_ce': 'O:SOFTMAX:CE', 'softmax_mse': 'O:SOFTMAX:MSE',
                'tanh_mse': 'R:TANH:MSE'}
 DATASETS = ('cifar10', 'mnist', 'fashion_mnist')

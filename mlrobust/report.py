@@ -1,6 +1,7 @@
 r"""Renders evaluation results next to the paper's: markdown tables and plots.
 
-  python -m mlrobust.report --out=DIR [--splice=DOC.md] W1 W2 ...
+  python launch.py --mode=report --workdirs=W1,W2,... --out=DIR \
+      [--splice=DOC.md]
 
 reads the cell files of `--mode=evaluate` (W/eval/*.json) and the clean test
 accuracy (W/metrics.jsonl) of each workdir (or copy of one: only those files
@@ -19,15 +20,13 @@ Our datasets are matched to the paper's by `paper_tables.paper_dataset`
 (`cifar10_jpeg` is compared with the paper's CIFAR-10 and says so).
 """
 
-import json
 import os
-import sys
 
 import numpy as np
 
-from mlrobust import evaluate
+from mlrobust import models
 from mlrobust import paper_tables
-from mlrobust import train
+from mlrobust import workdir as workdir_lib
 
 PRESETS = paper_tables.PRESETS
 _PARAM_LABEL = {'eps': 'eps', 'initial_const': 'c', 'max_iter': 'm'}
@@ -41,26 +40,14 @@ class Run:
 
   def __init__(self, workdir: str):
     self.workdir = workdir
-    self.cells = evaluate.cell_results(workdir)
-    config = train.saved_config(workdir)
+    self.cells = workdir_lib.cell_results(workdir)
+    config = workdir_lib.saved_config(workdir)
     self.dataset = config['data']['name']
     self.preset = config['preset']
-    self.model = (f"densenet-{config['model']['depth']}-"
-                  f"k{config['model']['growth_rate']}")
+    self.model = models.label(config['model'])
     self.size = config.get('size')
-    self.clean_accuracy = None
+    self.clean_accuracy = workdir_lib.clean_test_accuracy(workdir)
     self.num_test = config['data'].get('num_test') or 'all'
-
-    metrics = os.path.join(workdir, 'metrics.jsonl')
-    if os.path.exists(metrics):
-      with open(metrics) as f:
-        for line in f:
-          try:
-            record = json.loads(line)
-          except ValueError:
-            continue
-          if 'test_accuracy' in record:
-            self.clean_accuracy = record['test_accuracy']
 
   def cell(self, attack, targeted, value, *, transfer=False, n=None):
     """The finished cell with the most images (or exactly n), else None."""
@@ -418,9 +405,7 @@ def render(workdirs, out_dir: str) -> str:
       name = os.path.basename(path)
       lines.append(f'![{name}]({name})')
   path = os.path.join(out_dir, 'report.md')
-  with open(path + '.tmp', 'w') as f:
-    f.write('\n'.join(lines) + '\n')
-  os.replace(path + '.tmp', path)
+  workdir_lib.write_text(path, '\n'.join(lines) + '\n')
   return path
 
 
@@ -442,36 +427,19 @@ def splice(report_path: str, doc_path: str) -> None:
   head, rest = doc.split(BEGIN, 1)
   _, tail = rest.split(END, 1)
   body = body.replace('## ', '### ')
-  with open(doc_path + '.tmp', 'w') as f:
-    f.write(f'{head}{BEGIN}\n{body}{END}{tail}')
-  os.replace(doc_path + '.tmp', doc_path)
+  workdir_lib.write_text(doc_path, f'{head}{BEGIN}\n{body}{END}{tail}')
 
 
-def main(argv):
-  out = 'report'
-  doc = None
-  workdirs = []
-  for arg in argv[1:]:
-    if arg.startswith('--out='):
-      out = arg.split('=', 1)[1]
-    elif arg.startswith('--splice='):
-      doc = arg.split('=', 1)[1]
-    elif arg.startswith('--'):
-      sys.exit(f'unknown flag {arg}; usage: python -m mlrobust.report '
-               '[--out=DIR] [--splice=DOC.md] W1 W2 ...')
-    else:
-      workdirs.append(arg)
+def write_report(workdirs, out_dir: str, *,
+                 splice_into: str | None = None) -> list[str]:
+  """The report of `workdirs` in out_dir (and spliced into a document).
+
+  Returns the files written: report.md (and the document).
+  """
   if not workdirs:
-    sys.exit('usage: python -m mlrobust.report [--out=DIR] [--splice=DOC.md] '
-             'W1 W2 ...')
-  try:
-    path = render(workdirs, out)
-    if doc:
-      splice(path, doc)
-  except (FileNotFoundError, ValueError) as e:
-    sys.exit(f'error: {e}')
-  print(path)
-
-
-if __name__ == '__main__':
-  main(sys.argv)
+    raise ValueError('the report needs at least one workdir')
+  path = render(workdirs, out_dir)
+  if splice_into:
+    splice(path, splice_into)
+    return [path, splice_into]
+  return [path]

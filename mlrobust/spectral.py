@@ -23,10 +23,12 @@ convolution (stride s), the stride-1 values above bound it from above
 (subsampling has norm 1).
 
 Other layers: dense layers (largest singular value), eval-mode BatchNorm
-(max |gamma / sqrt(var + eps)|), 2x2 average pooling (1/2), global average
+(max |gamma / sqrt(var + eps)|), w x w average pooling (1/w), global average
 pooling over h x w (1 / sqrt(h w)), ReLU, tanh and softmax (1).
 
-Networks: `densenet_bounds` walks a DenseNet's parameters in order and returns
+Networks: `network_bounds` takes a model's layer structure (stages of layers,
+from `mlrobust.models.lipschitz_structure`: no parameter names are read here)
+and returns
 (i) the paper's product of layer norms, Lambda^l = ||theta^l|| Lambda^{l-1}
 (Saito & Roy Section 3.4), which ignores the identity path of the dense
 connections and therefore is not a valid bound for a DenseNet; and (ii) a
@@ -208,31 +210,50 @@ def batchnorm_factor(scale: jax.Array, var: jax.Array,
   return jnp.max(jnp.abs(scale / jnp.sqrt(var + eps)))
 
 
-AVG_POOL_2X2 = 0.5  # Each output averages 4 inputs: ||(1/4) 1^T|| = 1/2.
-
-
 def global_avg_pool_factor(h: int, w: int) -> float:
   return 1.0 / float(np.sqrt(h * w))
 
 
-def _sorted_modules(tree: dict, prefix: str) -> list:
-  names = [k for k in tree if k.startswith(prefix)]
-  return sorted(names, key=lambda k: int(k.rsplit('_', 1)[1]))
+def avg_pool_factor(window: int) -> float:
+  """Lipschitz constant of window x window average pooling, stride window."""
+  # Each output averages window^2 inputs: ||(1/w^2) 1^T|| = 1/w.
+  return 1.0 / window
 
 
-def densenet_bounds(variables: Any, image_size: int, *,
-                    method: str = 'upper', stem_stride: int = 1,
-                    bn_eps: float = 1e-5) -> dict:
-  """Per-layer norms and whole-network Lipschitz bounds of a DenseNet.
+def _layer_factor(layer: dict, bn_eps: float) -> float | None:
+  """The factor of a non-conv layer of a structure (None for convs)."""
+  kind = layer['kind']
+  if kind == 'conv':
+    return None
+  if kind == 'batchnorm':
+    # On the host: eager jnp ops would compile once per channel count.
+    scale, var = np.asarray(layer['scale']), np.asarray(layer['var'])
+    return float(np.max(np.abs(scale / np.sqrt(var + bn_eps))))
+  if kind == 'avg_pool':
+    return avg_pool_factor(layer['window'])
+  if kind == 'global_avg_pool':
+    return global_avg_pool_factor(*layer['size'])
+  if kind == 'dense':
+    return float(np.linalg.norm(np.asarray(layer['kernel']), 2))
+  raise ValueError(f'unknown layer kind {kind!r}; choose one of conv, '
+                   'batchnorm, avg_pool, global_avg_pool, dense')
+
+
+_REPORTED_KIND = {'avg_pool': 'pool', 'global_avg_pool': 'pool'}
+
+
+def network_bounds(structure: list, *, method: str = 'upper',
+                   bn_eps: float = 1e-5) -> dict:
+  """Per-layer norms and whole-network Lipschitz bounds of a layer structure.
 
   Args:
-    variables: {'params': ..., 'batch_stats': ...} of
-      `mlrobust.models.densenet.DenseNet` (input to pre-activation outputs).
-    image_size: input height (= width).
+    structure: stages from input to output, as a model's
+      `lipschitz_structure` gives them (see `mlrobust.models`): each
+      {'kind': 'chain' | 'composite', 'layers': [layer, ...]}; a composite
+      stage maps x to [x, h(x)] (a dense connection).
     method: how each conv is measured: 'upper' (guaranteed bound, the default
       for the network bound), 'circular' (the paper's FFT at the layer's input
       size) or 'exact' (power iteration on the zero-padded conv).
-    stem_stride: the model's stem stride.
     bn_eps: BatchNorm epsilon.
 
   Returns:
@@ -243,63 +264,23 @@ def densenet_bounds(variables: Any, image_size: int, *,
      head activation (softmax, tanh) adds a factor of at most 1.
   """
   if method not in CONV_METHODS:
-    raise ValueError(f"unknown method {method!r}; choose 'upper', "
-                     f"'circular' or 'exact'")
-  params, stats = variables['params'], variables['batch_stats']
-  # Walk the network once, recording each factor (conv norms as slots to be
-  # filled by one batched computation), then combine.
-  layers = []  # [name, kind, value or None]
-  kernels, sizes, slots = [], [], []
-  plan = []  # ('composite', [indices]) or ('chain', [indices]).
-
-  def conv(kernel, n, name):
-    slots.append(len(layers))
-    kernels.append(kernel)
-    sizes.append(n)
-    layers.append([name, 'conv', None])
-    return len(layers) - 1
-
-  def bn(p, s, name):
-    # On the host: eager jnp ops would compile once per channel count.
-    scale, var = np.asarray(p['scale']), np.asarray(s['var'])
-    layers.append([name, 'batchnorm',
-                   float(np.max(np.abs(scale / np.sqrt(var + bn_eps))))])
-    return len(layers) - 1
-
-  def const(name, kind, value):
-    layers.append([name, kind, value])
-    return len(layers) - 1
-
-  n = image_size
-  plan.append(('chain', [conv(params['Conv_0']['kernel'], n, 'stem')]))
-  n = -(-n // stem_stride)
-  blocks = _sorted_modules(params, '_CompositeLayer_')
-  transitions = _sorted_modules(params, '_Transition_')
-  per_block = len(blocks) // (len(transitions) + 1)
-  for i, name in enumerate(blocks):
-    p, s = params[name], stats[name]
+    raise ValueError(f'unknown method {method!r}; choose one of '
+                     f'{list(CONV_METHODS)}')
+  layers = []  # [name, kind, value]; conv values filled by one batched call.
+  convs = []  # (index in layers, kernel, input size)
+  plan = []  # (stage kind, [indices in layers])
+  for stage in structure:
     idx = []
-    for bn_name, conv_name in zip(_sorted_modules(p, 'BatchNorm_'),
-                                  _sorted_modules(p, 'Conv_')):
-      idx.append(bn(p[bn_name], s[bn_name], f'{name}/{bn_name}'))
-      idx.append(conv(p[conv_name]['kernel'], n, f'{name}/{conv_name}'))
-    plan.append(('composite', idx))
-    if (i + 1) % per_block == 0 and (i + 1) // per_block <= len(transitions):
-      t = transitions[(i + 1) // per_block - 1]
-      plan.append(('chain', [
-          bn(params[t]['BatchNorm_0'], stats[t]['BatchNorm_0'],
-             f'{t}/BatchNorm_0'),
-          conv(params[t]['Conv_0']['kernel'], n, f'{t}/Conv_0'),
-          const(f'{t}/avg_pool', 'pool', AVG_POOL_2X2)]))
-      n //= 2
-  plan.append(('chain', [
-      bn(params['BatchNorm_0'], stats['BatchNorm_0'], 'final/BatchNorm_0'),
-      const('global_avg_pool', 'pool', global_avg_pool_factor(n, n)),
-      const('Dense_0', 'dense',
-            float(np.linalg.norm(np.asarray(params['Dense_0']['kernel']), 2)))
-  ]))
-
-  for slot, value in zip(slots, conv_norms(kernels, sizes, method)):
+    for layer in stage['layers']:
+      if layer['kind'] == 'conv':
+        convs.append((len(layers), layer['kernel'], layer['size']))
+      kind = _REPORTED_KIND.get(layer['kind'], layer['kind'])
+      layers.append([layer['name'], kind, _layer_factor(layer, bn_eps)])
+      idx.append(len(layers) - 1)
+    plan.append((stage['kind'], idx))
+  norms = conv_norms([k for _, k, _ in convs], [n for _, _, n in convs],
+                     method)
+  for (slot, _, _), value in zip(convs, norms):
     layers[slot][2] = value
   product = structured = 1.0
   for kind, idx in plan:

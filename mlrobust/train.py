@@ -5,25 +5,18 @@ batch of step s and its randomness depend only on (seed, s), so a run killed at
 any moment and restarted with the same command resumes from its last checkpoint
 and ends with the parameters an uninterrupted run would have.
 
-Files in the workdir:
-  config.json    the config, with secrets redacted (written once);
-  targets.npy    [K, d] target representation (the codebook for codeword
-                 heads: needed to decode, secret like its key);
-  metrics.jsonl  one JSON object per log line and per evaluation;
-  checkpoints/   orbax checkpoints, every epoch (or every N steps) and at the
-                 end.
+The run's files (config.json, targets.npy, metrics.jsonl, checkpoints/ every
+epoch or every N steps and at the end) are read and written through
+`mlrobust.workdir`.
 """
 
 import functools
-import json
 import os
-import secrets
 import time
 from typing import Any
 
 from absl import logging
 import flax.struct
-from ml_collections import config_dict
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -33,14 +26,8 @@ from mlrobust import checkpoints
 from mlrobust import classifier as classifier_lib
 from mlrobust import config_lib
 from mlrobust import data
-from mlrobust import heads
-from mlrobust.models import densenet
-
-# Fields that define a run: a workdir's checkpoint only continues a run with
-# the same values. The rest (paths, logging, evaluation) may change on resume.
-RUN_FIELDS = ('seed', 'data.name', 'data.num_train', 'model', 'head', 'loss',
-              'optimizer', 'train.batch_size', 'train.num_epochs',
-              'train.augment')
+from mlrobust import models
+from mlrobust import workdir as workdir_lib
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -55,18 +42,13 @@ class TrainState:
   opt_state: Any
 
 
-def make_model(config) -> densenet.DenseNet:
-  """The DenseNet of `config.model`, with `config.head.dim` outputs."""
-  m = config.model
-  return densenet.DenseNet(
-      num_outputs=config.head.dim, depth=m.depth, growth_rate=m.growth_rate,
-      num_blocks=m.num_blocks, bottleneck=m.bottleneck,
-      compression=m.compression, dropout_rate=m.dropout_rate,
-      stem_features=m.stem_features, stem_stride=m.stem_stride)
+def make_schedule(config, steps_per_epoch: int) -> optax.Schedule:
+  """The learning rate at each step, from `config.optimizer`.
 
-
-def make_optimizer(config, steps_per_epoch: int) -> optax.GradientTransformation:
-  """The optax optimizer and learning-rate schedule of `config.optimizer`."""
+  A linear warmup from 0 over `warmup_epochs`, then 'constant', 'cosine'
+  (decay to 0 at the last step) or 'piecewise' (x0.1 at 50% and 75% of all
+  steps, counted from step 0).
+  """
   o = config.optimizer
   total = config.train.num_epochs * steps_per_epoch
   warmup = int(o.warmup_epochs * steps_per_epoch)
@@ -86,6 +68,14 @@ def make_optimizer(config, steps_per_epoch: int) -> optax.GradientTransformation
     schedule = optax.join_schedules(
         [optax.linear_schedule(0.0, o.learning_rate, warmup), schedule],
         [warmup])
+  return schedule
+
+
+def make_optimizer(config,
+                   steps_per_epoch: int) -> optax.GradientTransformation:
+  """The optax optimizer of `config.optimizer` with its schedule."""
+  o = config.optimizer
+  schedule = make_schedule(config, steps_per_epoch)
   if o.name == 'sgd':
     return optax.chain(
         optax.add_decayed_weights(o.weight_decay),
@@ -158,80 +148,6 @@ def accuracy(clf: classifier_lib.Classifier, split: data.Split,
   return correct / total
 
 
-def _atomic_write(path: str, text: str) -> None:
-  tmp = f'{path}.tmp'
-  with open(tmp, 'w') as f:
-    f.write(text)
-  os.replace(tmp, path)
-
-
-def _get_field(d: dict, dotted: str):
-  for part in dotted.split('.'):
-    d = d[part]
-  return d
-
-
-def _check_or_write_config(config, workdir: str) -> None:
-  """Writes config.json, or checks that the run's fields match the old one."""
-  path = os.path.join(workdir, 'config.json')
-  public = config_lib.public_dict(config)
-  if os.path.exists(path):
-    try:
-      with open(path) as f:
-        old = json.load(f)
-      # The codebook key is checked against targets.npy instead (a run's
-      # codebook needs no key once made).
-      for d in (old, public):
-        for *parents, leaf in config_lib.SECRET_FIELDS:
-          _get_field(d, '.'.join(parents))[leaf] = None
-      diffs = [field for field in RUN_FIELDS
-               if _get_field(old, field) != _get_field(public, field)]
-    except (ValueError, KeyError) as e:
-      raise checkpoints.CheckpointError(
-          f'{path} is unreadable or from another version ({e}); use a new '
-          f'--workdir') from e
-    if diffs:
-      raise checkpoints.CheckpointError(
-          f'workdir {workdir} holds a run with a different config; fields '
-          f'that differ: {diffs}. Use a new --workdir (nothing was changed).')
-    return
-  _atomic_write(path, json.dumps(public, indent=2, sort_keys=True))
-
-
-def load_or_make_targets(config, workdir: str, num_classes: int) -> np.ndarray:
-  """The run's target representation, made once and kept in the workdir."""
-  path = os.path.join(workdir, 'targets.npy')
-  key = config_lib.codebook_key(config)
-  expected = None
-  if config.head.targets == 'onehot' or key is not None:
-    seed = key if key is not None else 0
-    expected = np.asarray(heads.make_targets(
-        config.head.targets, num_classes, config.head.dim,
-        jax.random.key(seed)))
-  if os.path.exists(path):
-    try:
-      targets = np.load(path)
-    except (ValueError, OSError) as e:
-      raise checkpoints.CheckpointError(f'{path} is unreadable ({e})') from e
-    if targets.shape != (num_classes, config.head.dim):
-      raise checkpoints.CheckpointError(
-          f'{path} has shape {targets.shape}, but this config needs '
-          f'({num_classes}, {config.head.dim}); use a new --workdir')
-    if expected is not None and not np.array_equal(targets, expected):
-      raise checkpoints.CheckpointError(
-          f'{path} does not match the configured target representation (a '
-          f'different codebook key?); use a new --workdir')
-    return targets
-  if expected is None:
-    # No key given: draw a secret one; only the codebook is kept.
-    expected = np.asarray(heads.make_codebook(
-        jax.random.key(secrets.randbits(63)), num_classes, config.head.dim))
-  tmp = f'{path}.tmp.npy'
-  np.save(tmp, expected)
-  os.replace(tmp, path)
-  return expected
-
-
 def init_state(config, model, tx, image_shape) -> TrainState:
   variables = model.init(jax.random.key(config.seed),
                          jnp.zeros((1, *image_shape), jnp.float32))
@@ -245,59 +161,6 @@ def _state_dict(state: TrainState) -> dict:
   """The checkpointed pytree of a TrainState."""
   return {'step': state.step, 'params': state.params,
           'batch_stats': state.batch_stats, 'opt_state': state.opt_state}
-
-
-def saved_config(workdir: str):
-  """The config a workdir was trained with (its config.json; secrets absent)."""
-  path = os.path.join(workdir, 'config.json')
-  if not os.path.exists(path):
-    raise FileNotFoundError(f'{path} is missing: {workdir} holds no trained '
-                            'run')
-  with open(path) as f:
-    saved = json.load(f)
-  for *parents, leaf in config_lib.SECRET_FIELDS:
-    _get_field(saved, '.'.join(parents))[leaf] = None  # Redacted there.
-  return config_dict.ConfigDict(saved)
-
-
-def load_classifier(config, workdir: str,
-                    step: int | None = None) -> classifier_lib.Classifier:
-  """The trained model of `workdir` as a Classifier (for attacks, analyses)."""
-  config_lib.validate(config)
-  image_shape, num_classes = data.info(config.data.name)
-  targets_path = os.path.join(workdir, 'targets.npy')
-  if not os.path.exists(targets_path):
-    raise checkpoints.CheckpointError(
-        f'{workdir} holds no trained run (no targets.npy); train first with '
-        f'--mode=train --workdir={workdir}')
-  _check_or_write_config(config, workdir)
-  targets = load_or_make_targets(config, workdir, num_classes)
-  model = make_model(config)
-  # The optimizer state is restored too (checkpoints hold the whole state);
-  # its structure does not depend on the schedule's length.
-  state = init_state(config, model, make_optimizer(config, 1), image_shape)
-  manager = checkpoints.make_manager(workdir, read_only=True)
-  restored = checkpoints.restore(manager, _state_dict(state), step)
-  variables = {'params': restored['params'],
-               'batch_stats': restored['batch_stats']}
-  return classifier_lib.from_model(model, variables, targets,
-                                   activation=config.head.activation,
-                                   loss=config.loss)
-
-
-def _truncate_metrics(path: str, step: int) -> None:
-  """Drops metrics logged after `step` (they will be logged again)."""
-  if not os.path.exists(path):
-    return
-  kept = []
-  with open(path) as f:
-    for line in f:
-      try:
-        if json.loads(line)['step'] <= step:
-          kept.append(line if line.endswith('\n') else line + '\n')
-      except (ValueError, KeyError):
-        continue  # A line cut by a kill.
-  _atomic_write(path, ''.join(kept))
 
 
 def _first_bad_step(pending) -> int | None:
@@ -327,9 +190,10 @@ def train_and_evaluate(config, workdir: str) -> dict:
   config_lib.validate(config)
   start_time = time.time()
   os.makedirs(workdir, exist_ok=True)
-  _check_or_write_config(config, workdir)
+  workdir_lib.check_or_write_config(config, workdir)
   dataset = data.load(config.data)
-  targets = load_or_make_targets(config, workdir, dataset.num_classes)
+  targets = workdir_lib.load_or_make_targets(config, workdir,
+                                             dataset.num_classes)
   image_shape = dataset.train.images.shape[1:]
 
   n_train, batch_size = len(dataset.train), config.train.batch_size
@@ -338,17 +202,16 @@ def train_and_evaluate(config, workdir: str) -> dict:
     raise ValueError(f'train.batch_size {batch_size} exceeds the '
                      f'{n_train} training images')
   total_steps = config.train.num_epochs * steps_per_epoch
-  model = make_model(config)
+  model = models.make(config.model, config.head.dim)
   tx = make_optimizer(config, steps_per_epoch)
   state = init_state(config, model, tx, image_shape)
 
   manager = checkpoints.make_manager(workdir)
-  metrics_path = os.path.join(workdir, 'metrics.jsonl')
   if manager.latest_step() is not None:
     state = TrainState(**checkpoints.restore(manager, _state_dict(state)))
     logging.info('Resumed from step %d of %d', int(state.step), total_steps)
   step = int(state.step)
-  _truncate_metrics(metrics_path, step)
+  workdir_lib.truncate_metrics(workdir, step)
 
   step_fn = jax.jit(
       functools.partial(train_step, model=model, tx=tx,
@@ -364,10 +227,6 @@ def train_and_evaluate(config, workdir: str) -> dict:
     return classifier_lib.from_model(
         model, {'params': s.params, 'batch_stats': s.batch_stats},
         targets_device, activation=config.head.activation, loss=config.loss)
-
-  def log_metrics(record):
-    with open(metrics_path, 'a') as f:
-      f.write(json.dumps(record) + '\n')
 
   pending = []  # (step, device metrics) since the last finiteness check.
   window_start, window_steps = time.time(), 0
@@ -404,7 +263,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
           step, total_steps, record['epoch'], record['train_loss'],
           record['train_accuracy'], record['images_per_sec'],
           time.strftime('%H:%M:%S', time.gmtime(eta)))
-      log_metrics(record)
+      workdir_lib.append_metrics(workdir, record)
       pending, window_start, window_steps = [], time.time(), 0
     if save_now:
       checkpoints.save(manager, step, _state_dict(state))
@@ -413,7 +272,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
                        config.eval.batch_size)
         logging.info('step %d: test accuracy %.4f on %d %s test images', step,
                      acc, len(dataset.test), dataset.name)
-        log_metrics({'step': step, 'epoch': step / steps_per_epoch,
+        workdir_lib.append_metrics(workdir, {'step': step, 'epoch': step / steps_per_epoch,
                      'test_accuracy': acc})
       window_start = time.time()  # Exclude saving and evaluation.
 
@@ -423,3 +282,10 @@ def train_and_evaluate(config, workdir: str) -> dict:
   return {'test_accuracy': test_acc, 'num_test': len(dataset.test),
           'dataset': dataset.name, 'step': step,
           'wall_s': time.time() - start_time}
+
+
+def describe(result: dict) -> str:
+  """One line for the command line."""
+  return (f'clean test accuracy: {result["test_accuracy"]:.4f} on '
+          f'{result["num_test"]} {result["dataset"]} test images '
+          f'(step {result["step"]}, {result["wall_s"]:.0f} s)')

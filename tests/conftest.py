@@ -1,5 +1,6 @@
 """Shared test fixtures: tiny configs and mock TFDS data (no real datasets)."""
 
+import contextlib
 import os
 
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
@@ -57,3 +58,28 @@ def trained(mock_mnist, tmp_path):
   workdir = str(tmp_path / 'run')
   train.train_and_evaluate(config, workdir)
   return config, workdir
+
+
+class _Compiles(list):
+  """Names of the XLA compilations seen inside a `count_compiles` block."""
+
+
+@contextlib.contextmanager
+def count_compiles():
+  """Records every XLA compilation (jax's backend-compile event) in a block.
+
+  Unlike wrapping a private function, this sees what a user's call costs:
+  `with count_compiles() as c: attacks.pgd(...)`, then `assert not c`.
+  """
+  compiles = _Compiles()
+
+  def listener(event, duration, **kwargs):
+    del duration
+    if event == '/jax/core/compile/backend_compile_duration':
+      compiles.append(kwargs.get('fun_name', '?'))
+
+  jax.monitoring.register_event_duration_secs_listener(listener)
+  try:
+    yield compiles
+  finally:
+    jax.monitoring.unregister_event_duration_listener(listener)

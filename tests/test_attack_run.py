@@ -31,14 +31,13 @@ def test_attack_mode_writes_a_result(trained, name, targeted, extra):
   for key, value in extra.items():
     assert saved['params'][key] == value
   assert os.path.dirname(summary['path']).endswith('attacks')
-  assert '11' not in json.dumps(saved['params'])
 
 
 def test_parameter_the_attack_does_not_take_is_rejected(trained):
   config, workdir = trained
   config.attack.name = 'deepfool'
   config.attack.eps = 0.1
-  with pytest.raises(ValueError, match="does not take config.attack.eps"):
+  with pytest.raises(ValueError, match="config.attack: attack 'deepfool' does not take 'eps'"):
     attack_run.run_attack(config, workdir)
   config.attack.eps = None
   config.attack.targeted = True

@@ -14,6 +14,7 @@ from mlrobust import classifier
 from mlrobust import heads
 from mlrobust.attacks import cw
 from mlrobust.attacks import gradient
+from tests import conftest
 
 SHAPE = (4, 4, 1)
 N_PIX = 16
@@ -169,31 +170,34 @@ def test_batches_give_the_same_result_as_one_call():
   np.testing.assert_allclose(whole.adv, parts.adv, atol=1e-5)
 
 
-def test_eps_sweep_compiles_once(monkeypatch):
-  counted = jax.jit(chex.assert_max_traces(gradient._iterative.__wrapped__,
-                                           n=1),
-                    static_argnames=('targeted', 'loss', 'nb_iter',
-                                     'rand_init', 'momentum', 'unroll'))
-  monkeypatch.setattr(gradient, '_iterative', counted)
+def test_eps_sweep_compiles_once():
   clf = _densenet_classifier()
   x = np.asarray(jax.random.uniform(jax.random.key(3), (4, 8, 8, 1)))
   y = np.zeros(4, np.int32)
-  for eps in (0.01, 0.05, 0.1, 0.2):
-    attacks.pgd(clf, x, y, eps=eps, nb_iter=2)
+  attacks.pgd(clf, x, y, eps=0.01, nb_iter=2)  # Compiles.
+  with conftest.count_compiles() as compiles:
+    for eps in (0.05, 0.1, 0.2):
+      attacks.pgd(clf, x, y, eps=eps, nb_iter=2)
+  assert not compiles
+  # The counter sees compilations: a static parameter does compile anew.
+  with conftest.count_compiles() as compiles:
+    attacks.pgd(clf, x, y, eps=0.05, nb_iter=3)
+  assert compiles
 
 
-def test_c_sweep_compiles_once(monkeypatch):
-  counted = jax.jit(chex.assert_max_traces(cw._cw.__wrapped__, n=1),
-                    static_argnames=('margin', 'targeted',
-                                     'binary_search_steps', 'max_iterations',
-                                     'abort_early'))
-  monkeypatch.setattr(cw, '_cw', counted)
+def test_c_sweep_compiles_once():
   clf = _densenet_classifier()
   x = np.asarray(jax.random.uniform(jax.random.key(3), (4, 8, 8, 1)))
   y = np.zeros(4, np.int32)
-  for c in (0.01, 0.1, 1.0, 10.0):
-    attacks.cw_l2(clf, x, y, initial_const=c, max_iterations=3,
-                  binary_search_steps=2)
+  for name in ('cw_l2', 'cw_l2_distance', 'lbfgs'):
+    fn = functools.partial(attacks.get(name), clf, x, (y + 1) % 3,
+                           targeted=True, max_iterations=3,
+                           binary_search_steps=2)
+    fn(initial_const=0.01)  # Compiles.
+    with conftest.count_compiles() as compiles:
+      for c in (0.1, 1.0, 10.0):
+        fn(initial_const=c)
+    assert not compiles, name
 
 
 def test_cw_distance_success_agrees_with_decoding_on_codewords():

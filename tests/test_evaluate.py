@@ -5,17 +5,18 @@ import inspect
 import json
 import os
 
-import chex
 import jax
 import numpy as np
 import pytest
 
 from mlrobust import attacks
 from mlrobust import evaluate
+from mlrobust import grids
 from mlrobust import paper_tables
 from mlrobust import report
 from mlrobust import train
-from mlrobust.attacks import gradient
+from mlrobust import workdir as workdir_lib
+from tests import conftest
 from tests.conftest import smoke_config
 
 
@@ -28,7 +29,7 @@ def test_attack_defaults_are_the_papers_table2():
 
 def test_paper_plan_has_the_papers_grids():
   config = smoke_config('tanh_mse')
-  cells = evaluate.plan(config, 10_000, proxy_name='ce')
+  cells, ladders = grids.plan(config.eval, 10_000, proxy_name='ce')
   untargeted = [c for c in cells if not c.targeted and not c.transfer_from]
   targeted = [c for c in cells if c.targeted]
   assert len(untargeted) == 6 * 4  # Table 3.
@@ -39,8 +40,11 @@ def test_paper_plan_has_the_papers_grids():
   pgd = sorted(c.value for c in untargeted if c.attack == 'pgd')
   assert pgd == [0.02, 0.04, 0.08, 0.1]
   # softmax_mse is in neither Table 7 nor (without a proxy) Table 6.
-  mse = evaluate.plan(smoke_config('softmax_mse'), 10_000)
+  mse, _ = grids.plan(smoke_config('softmax_mse').eval, 10_000)
   assert len(mse) == 48
+  # The Figure 1 ladder: targeted PGD over the smoke preset's eps values.
+  assert [(c.attack, c.targeted, c.value) for c in ladders[0]] == [
+      ('pgd', True, 0.1), ('pgd', True, 0.3), ('pgd', True, 1.0)]
   # Per-family image counts and the smoke preset's reduced CW iterations.
   by_attack = {c.attack: c for c in cells}
   assert by_attack['fgsm'].num_examples == 16
@@ -51,23 +55,51 @@ def test_paper_plan_has_the_papers_grids():
 
 @pytest.mark.parametrize('spec, message', [
     ('pgd:eps', 'expected'), ('nope:eps=0.1', 'unknown attack'),
-    ('pgd:epsilon=0.1', 'unknown parameter'), ('pgd:eps=a', 'numbers'),
+    ('pgd:epsilon=0.1', 'no parameter'), ('pgd:eps=a', 'numbers'),
     ('lbfgs:initial_const=1', 'targeted only'),
     ('targeted:deepfool:max_iter=3', 'untargeted only'), (';', 'empty grid')])
 def test_bad_grids_are_rejected(spec, message):
   with pytest.raises(ValueError, match=message):
-    evaluate.parse_grid(spec)
+    grids.parse_shorthand(spec)
 
 
 def test_bad_eval_config_is_rejected():
   config = smoke_config('tanh_mse')
-  config.eval.tables = 'table3,table9'
+  config.eval.tables = ('table3', 'table9')
   with pytest.raises(ValueError, match='table9'):
-    evaluate.check_config(config)
+    grids.check(config.eval)
   config = smoke_config('tanh_mse')
-  config.eval.num_examples_cw = -1
-  with pytest.raises(ValueError, match='num_examples_cw'):
-    evaluate.check_config(config)
+  config.eval.images.cw = -1
+  with pytest.raises(ValueError, match='images.cw'):
+    grids.check(config.eval)
+  config = smoke_config('tanh_mse')
+  config.eval.grids.table3_pgd.param = 'initial_const'
+  with pytest.raises(ValueError, match='table3_pgd: pgd has no parameter'):
+    grids.check(config.eval)
+  config = smoke_config('tanh_mse')
+  config.eval.grids.table5_lbfgs.targeted = False
+  with pytest.raises(ValueError, match='table5_lbfgs: lbfgs is targeted'):
+    grids.check(config.eval)
+
+
+def test_structured_entries_are_overridable_from_the_command_line():
+  from configs import mnist  # pylint: disable=g-import-not-at-top
+  config = mnist.get_config('tanh_mse,smoke')
+  # What --config.eval.grids.table3_pgd.images=3 and
+  # --config.eval.tables='("table3",)' do.
+  config.eval.grids.table3_pgd.images = 3
+  config.eval.tables = ('table3',)
+  grids.check(config.eval)
+  cells, ladders = grids.plan(config.eval, 10_000)
+  assert not ladders and {c.targeted for c in cells} == {False}
+  assert {c.num_examples for c in cells if c.attack == 'pgd'} == {3}
+  assert {c.num_examples for c in cells if c.attack == 'fgsm'} == {16}
+  # The one-line shorthand is a thin layer: the same entries.
+  config.eval.grid = 'targeted:cw_l2_distance:initial_const=0.1,1'
+  (name, entry), = grids.selected(config.eval)
+  assert entry.to_dict() == grids.entry(
+      'grid', 'cw_l2_distance', targeted=True, param='initial_const',
+      param_values=(0.1, 1.0)).to_dict()
 
 
 def _grid_config(config, grid):
@@ -144,7 +176,7 @@ def test_targeted_cells_use_one_set_of_targets(trained):
   assert cell['metric'] == 'success_rate'
   assert cell['success_rate'] == pytest.approx(
       np.mean(b['prediction'] == b['goal']))
-  clf = train.load_classifier(config, workdir)
+  clf = workdir_lib.load_classifier(config, workdir)
   np.testing.assert_array_equal(clf.predict(b['adv']), b['prediction'])
 
 
@@ -160,7 +192,7 @@ def test_transfer_classifies_the_proxys_examples(trained, proxy_run):
   config, workdir = trained
   _, proxy_dir = proxy_run
   config = config.copy_and_resolve_references()
-  config.eval.tables = 'table6'
+  config.eval.tables = ('table6',)
   config.eval.proxy_workdir = proxy_dir
   result = evaluate.run_evaluate(config, workdir)
   cells = {c['attack']: c for c in result['cells']}
@@ -169,8 +201,8 @@ def test_transfer_classifies_the_proxys_examples(trained, proxy_run):
   assert mim['transfer_from'] and mim['proxy_workdir'] == os.path.abspath(
       proxy_dir)
   # Independently: craft MIM on the proxy, classify with the target.
-  _, proxy_clf = evaluate.load_run(proxy_dir)
-  clf = train.load_classifier(config, workdir)
+  _, proxy_clf = workdir_lib.load_run(proxy_dir)
+  clf = workdir_lib.load_classifier(config, workdir)
   n = mim['num_examples']
   crafted = np.load(os.path.join(
       proxy_dir, 'eval', 'crafted', f'mim_untargeted_eps=0.01_n={n}.npz'))
@@ -199,40 +231,38 @@ def test_transfer_refuses_another_dataset(trained, proxy_run, tmp_path):
   with open(os.path.join(proxy_dir, 'config.json'), 'w') as f:
     json.dump(proxy_config, f)
   config = config.copy_and_resolve_references()
-  config.eval.tables = 'table6'
+  config.eval.tables = ('table6',)
   config.eval.proxy_workdir = proxy_dir
   with pytest.raises(ValueError, match='same dataset'):
     evaluate.run_evaluate(config, workdir)
 
 
-def test_sweep_over_eps_and_models_compiles_once(trained, monkeypatch):
+def test_sweep_over_eps_and_models_compiles_once(trained):
   config, workdir = trained
-  counted = jax.jit(chex.assert_max_traces(gradient._iterative.__wrapped__,
-                                           n=1),
-                    static_argnames=('targeted', 'loss', 'nb_iter',
-                                     'rand_init', 'momentum', 'unroll'))
-  monkeypatch.setattr(gradient, '_iterative', counted)
-  clf = train.load_classifier(config, workdir)
+  clf = workdir_lib.load_classifier(config, workdir)
   # A second model of the same architecture (other parameters).
   other = clf.replace(variables=jax.tree.map(lambda v: v * 1.01,
                                              clf.variables))
   x = _test_images(config, 8)
   y = np.asarray(clf.predict(x))
-  for model in (clf, other):
-    out = evaluate.sweep(model, x, y, 'pgd', 'eps', (0.01, 0.05, 0.1))
-    assert [r['value'] for r in out] == [0.01, 0.05, 0.1]
-    accuracy = [r['accuracy'] for r in out]
-    assert accuracy[0] >= accuracy[-1]
+  evaluate.sweep(clf, x, y, 'pgd', 'eps', (0.3,))  # Compiles.
+  with conftest.count_compiles() as compiles:
+    for model in (clf, other):
+      out = evaluate.sweep(model, x, y, 'pgd', 'eps', (0.01, 0.05, 0.1))
+      assert [r['value'] for r in out] == [0.01, 0.05, 0.1]
+      accuracy = [r['accuracy'] for r in out]
+      assert accuracy[0] >= accuracy[-1]
+  assert not compiles
 
 
 def test_report_renders_tables_and_plots(trained, tmp_path):
   config, workdir = trained
   config = config.copy_and_resolve_references()
-  config.eval.tables = 'table3,figure1'
+  config.eval.tables = ('table3', 'figure1')
   config.eval.grid = ''
-  config.eval.num_examples_cw = 2
-  config.eval.cw_max_iterations = 2
-  config.eval.num_examples_deepfool = 4
+  config.eval.images.cw = 2
+  config.eval.max_iterations.cw = 2
+  config.eval.images.deepfool = 4
   result = evaluate.run_evaluate(config, workdir)
   out = str(tmp_path / 'report')
   path = report.render([workdir], out)
@@ -247,7 +277,8 @@ def test_report_renders_tables_and_plots(trained, tmp_path):
   assert os.path.exists(os.path.join(out, 'mnist_figure1.png'))
   ladder = [c for c in result['cells'] if c['attack'] == 'pgd' and
             c['targeted']]
-  assert ladder and ladder[0]['value'] == config.eval.figure1_eps[0]
+  assert ladder and ladder[0]['value'] == (
+      config.eval.grids.figure1_pgd.param_values[0])
   # The ladder stops at the first eps reaching 100% success.
   rates = [c['success_rate'] for c in ladder]
   assert all(r < 1 for r in rates[:-1])
@@ -257,11 +288,11 @@ def test_report_splices_tables_between_markers(trained, tmp_path):
   _, workdir = trained
   doc = tmp_path / 'DOC.md'
   doc.write_text('intro\n<!-- report:begin -->\nold\n<!-- report:end -->\nend\n')
-  report.main(['prog', f'--out={tmp_path / "r"}', f'--splice={doc}', workdir])
+  report.write_report([workdir], str(tmp_path / 'r'), splice_into=str(doc))
   text = doc.read_text()
   assert text.startswith('intro\n<!-- report:begin -->\n### Table 3')
   assert 'old' not in text and text.endswith('<!-- report:end -->\nend\n')
   (tmp_path / 'bad.md').write_text('no markers')
-  with pytest.raises(SystemExit, match='markers'):
-    report.main(['prog', f'--out={tmp_path / "r"}',
-                 f'--splice={tmp_path / "bad.md"}', workdir])
+  with pytest.raises(ValueError, match='markers'):
+    report.write_report([workdir], str(tmp_path / 'r'),
+                        splice_into=str(tmp_path / 'bad.md'))

@@ -40,7 +40,8 @@ def test_several_workdirs_in_one_call(trained, tmp_path, capsys):
   before = os.stat(os.path.join(workdir, 'lipschitz.json')).st_mtime_ns
   out = str(tmp_path / 'fig' / 'figure4.png')
   os.makedirs(os.path.dirname(out))
-  lipschitz_run.main(['prog', f'--out={out}', workdir, other])
+  written = lipschitz_run.figure4([workdir, other], out)
+  assert written == [out, out[:-len('.png')] + '.md']
   # The missing result was computed with the run's saved config; the
   # existing one was only read.
   assert os.path.exists(os.path.join(other, 'lipschitz.json'))
@@ -51,5 +52,5 @@ def test_several_workdirs_in_one_call(trained, tmp_path, capsys):
   stem = first['layers'][0]
   assert stem['name'] == 'stem'
   assert f"| stem | {stem['circular']:.3g} | {stem['exact']:.3g} |" in table
-  with pytest.raises(SystemExit, match='unknown flag'):
-    lipschitz_run.main(['prog', '--outt=x.png', workdir])
+  with pytest.raises(ValueError, match='at least one workdir'):
+    lipschitz_run.figure4([], out)

@@ -2,9 +2,11 @@
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 import pytest
 
+from mlrobust import models
 from mlrobust import spectral
 from mlrobust.models import densenet
 
@@ -45,7 +47,7 @@ def test_dense_batchnorm_and_pooling_factors():
   pool = lambda x: x.reshape(2, 2, 2, 2).mean(axis=(1, 3)).ravel()
   matrix = jax.jacobian(pool)(jnp.zeros(16))
   np.testing.assert_allclose(np.linalg.svd(np.asarray(matrix))[1][0],
-                             spectral.AVG_POOL_2X2, rtol=1e-6)
+                             spectral.avg_pool_factor(2), rtol=1e-6)
 
 
 def test_densenet_bound_exceeds_measured_ratios():
@@ -57,7 +59,9 @@ def test_densenet_bound_exceeds_measured_ratios():
   _, upd = model.apply(variables, x, train=True, mutable=['batch_stats'])
   variables = {'params': jax.tree.map(lambda p: p * 1.5, variables['params']),
                'batch_stats': upd['batch_stats']}
-  bounds = spectral.densenet_bounds(variables, 8)
+  config = ml_collections.ConfigDict({'name': 'densenet', 'stem_stride': 1})
+  bounds = spectral.network_bounds(
+      models.lipschitz_structure(config, variables, 8))
   f = lambda x: model.apply(variables, x, train=False)
   d = 1e-2 * jax.random.normal(jax.random.key(2), x.shape)
   ratios = (jnp.linalg.norm(f(x + d) - f(x), axis=1) /

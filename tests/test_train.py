@@ -9,6 +9,7 @@ import textwrap
 import time
 
 import chex
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -16,6 +17,7 @@ import pytest
 from mlrobust import checkpoints
 from mlrobust import data
 from mlrobust import train
+from mlrobust import workdir as workdir_lib
 from tests import conftest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -38,7 +40,7 @@ def test_smoke_training_writes_a_loadable_run(preset, mock_mnist, tmp_path):
   assert all(np.isfinite(r.get('train_loss', 0)) for r in records)
   for name in ('config.json', 'metrics.jsonl'):
     assert '987654321' not in open(os.path.join(workdir, name)).read()
-  clf = train.load_classifier(config, workdir)
+  clf = workdir_lib.load_classifier(config, workdir)
   targets = np.load(os.path.join(workdir, 'targets.npy'))
   assert targets.shape == ((10, 128) if preset == 'tanh_mse' else (10, 10))
   x = jnp.zeros((2, 28, 28, 1))
@@ -118,8 +120,8 @@ def test_sigkilled_run_resumes_to_the_same_parameters(mock_mnist, tmp_path):
   config = conftest.smoke_config('tanh_mse', **RESUME_OVERRIDES)
   os.environ['MLROBUST_CODEBOOK_KEY'] = '1234'
   try:
-    a = train.load_classifier(config, full)
-    b = train.load_classifier(config, killed)
+    a = workdir_lib.load_classifier(config, full)
+    b = workdir_lib.load_classifier(config, killed)
   finally:
     del os.environ['MLROBUST_CODEBOOK_KEY']
   chex.assert_trees_all_close(a.variables, b.variables, rtol=1e-5, atol=1e-6)
@@ -148,7 +150,7 @@ def test_nonfinite_loss_stops_and_keeps_last_good_checkpoint(
     train.train_and_evaluate(config, workdir)
   manager = checkpoints.make_manager(workdir, read_only=True)
   assert manager.latest_step() == 4
-  chex.assert_tree_all_finite(train.load_classifier(config, workdir).variables)
+  chex.assert_tree_all_finite(workdir_lib.load_classifier(config, workdir).variables)
 
 
 def _snapshot(workdir):
@@ -189,10 +191,69 @@ def test_corrupt_checkpoint_fails_untouched(mock_mnist, tmp_path):
   with pytest.raises(checkpoints.CheckpointError, match='cannot be restored'):
     train.train_and_evaluate(config, workdir)
   with pytest.raises(checkpoints.CheckpointError, match='cannot be restored'):
-    train.load_classifier(config, workdir)
+    workdir_lib.load_classifier(config, workdir)
   assert _snapshot(workdir) == before
 
 
 def test_load_classifier_without_a_run_is_a_clear_error(tmp_path):
   with pytest.raises(checkpoints.CheckpointError, match='train first'):
-    train.load_classifier(conftest.smoke_config(), str(tmp_path))
+    workdir_lib.load_classifier(conftest.smoke_config(), str(tmp_path))
+
+
+@pytest.mark.parametrize('kind', ['crop', 'flip_crop'])
+def test_augmentation_is_a_padded_crop_and_flip_of_each_image(kind):
+  # Distinct pixel values, so each output matches exactly one hand-made crop.
+  x = np.arange(16 * 6 * 5 * 2, dtype=np.float32).reshape(16, 6, 5, 2) + 1
+  out = np.asarray(train.augment(jax.random.key(3), jnp.asarray(x), kind))
+  assert out.shape == x.shape
+  padded = np.pad(x, ((0, 0), (4, 4), (4, 4), (0, 0)))
+  seen_offsets, seen_flips = set(), set()
+  for i in range(len(x)):
+    matches = []
+    for dy in range(9):
+      for dx in range(9):
+        crop = padded[i, dy:dy + 6, dx:dx + 5]
+        for flip in ((False, True) if kind == 'flip_crop' else (False,)):
+          if np.array_equal(out[i], crop[:, ::-1] if flip else crop):
+            matches.append((dy, dx, flip))
+    assert len(matches) == 1, (i, matches)
+    seen_offsets.add(matches[0][:2])
+    seen_flips.add(matches[0][2])
+  assert len(seen_offsets) > 8  # Offsets vary over the batch...
+  assert seen_flips == ({False, True} if kind == 'flip_crop' else {False})
+  np.testing.assert_array_equal(
+      train.augment(jax.random.key(3), jnp.asarray(x), 'none'), x)
+
+
+def _schedule(name, warmup_epochs, num_epochs=4, steps_per_epoch=10):
+  from configs import mnist  # pylint: disable=g-import-not-at-top
+  config = mnist.get_config('softmax_ce,paper')
+  config.optimizer.schedule = name
+  config.optimizer.learning_rate = 0.1
+  config.optimizer.warmup_epochs = warmup_epochs
+  config.train.num_epochs = num_epochs
+  schedule = train.make_schedule(config, steps_per_epoch)
+  return lambda step: float(schedule(step))
+
+
+def test_piecewise_schedule_with_warmup_at_its_boundaries():
+  lr = _schedule('piecewise', warmup_epochs=1)  # 40 steps, 10 of warmup.
+  assert lr(0) == 0.0 and lr(5) == pytest.approx(0.05)
+  assert lr(10) == pytest.approx(0.1) and lr(19) == pytest.approx(0.1)
+  # x0.1 at 50% and 75% of all 40 steps, counted from step 0.
+  assert lr(20) == pytest.approx(0.01) and lr(29) == pytest.approx(0.01)
+  assert lr(30) == pytest.approx(0.001) and lr(39) == pytest.approx(0.001)
+  no_warmup = _schedule('piecewise', warmup_epochs=0)
+  assert no_warmup(0) == pytest.approx(0.1)
+  assert no_warmup(19) == pytest.approx(0.1)
+  assert no_warmup(20) == pytest.approx(0.01)
+  assert no_warmup(30) == pytest.approx(0.001)
+
+
+def test_cosine_schedule_with_warmup_at_its_boundaries():
+  lr = _schedule('cosine', warmup_epochs=1)
+  assert lr(0) == 0.0 and lr(10) == pytest.approx(0.1)
+  assert lr(25) == pytest.approx(0.05)  # Half way through the decay.
+  assert lr(40) == pytest.approx(0.0, abs=1e-9)
+  assert lr(17) == pytest.approx(0.05 * (1 + np.cos(np.pi * 7 / 30)))
+  assert _schedule('constant', warmup_epochs=0)(39) == pytest.approx(0.1)

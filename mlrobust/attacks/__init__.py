@@ -27,7 +27,9 @@ A runnable example on a linear model with a random codebook:
 
 Attacks: fgsm, bim, mim, pgd (Linf, gradient family), lbfgs (targeted only),
 deepfool (untargeted only), cw_l2 and cw_l2_distance (L2). Parameter defaults
-are cleverhans v2.1's, as Saito & Roy used them (their Table 2).
+are cleverhans v2.1's, as Saito & Roy used them (their Table 2). The registry
+(`get`, `check_direction`, `params_from_config`, `effective_params`,
+`summarize`) is in `registry.py`.
 """
 
 from mlrobust.attacks.core import ATTACK_LOSSES
@@ -41,20 +43,14 @@ from mlrobust.attacks.gradient import fgsm
 from mlrobust.attacks.gradient import mim
 from mlrobust.attacks.gradient import pgd
 from mlrobust.attacks.lbfgs import lbfgs
-
-ATTACKS = {
-    'fgsm': fgsm, 'bim': bim, 'mim': mim, 'pgd': pgd, 'lbfgs': lbfgs,
-    'deepfool': deepfool, 'cw_l2': cw_l2, 'cw_l2_distance': cw_l2_distance,
-}
-# Which attacks can run targeted / untargeted (Saito & Roy Section 2.3).
-TARGETED_ONLY = ('lbfgs',)
-UNTARGETED_ONLY = ('deepfool',)
-
-
-def get(name: str):
-  """The attack function `name`; raises ValueError listing valid names."""
-  try:
-    return ATTACKS[name]
-  except KeyError:
-    raise ValueError(f'unknown attack {name!r}; choose one of '
-                     f'{sorted(ATTACKS)}') from None
+from mlrobust.attacks.registry import accepted_params
+from mlrobust.attacks.registry import ATTACKS
+from mlrobust.attacks.registry import check_direction
+from mlrobust.attacks.registry import effective_params
+from mlrobust.attacks.registry import get
+from mlrobust.attacks.registry import INT_PARAMS
+from mlrobust.attacks.registry import PARAM_FIELDS
+from mlrobust.attacks.registry import params_from_config
+from mlrobust.attacks.registry import summarize
+from mlrobust.attacks.registry import TARGETED_ONLY
+from mlrobust.attacks.registry import UNTARGETED_ONLY

@@ -140,29 +140,41 @@ def run_batched(fn: Callable, clf, x: np.ndarray, y: np.ndarray, *,
   return AttackResult(*(np.concatenate(parts) for parts in zip(*outs)))
 
 
-def keep_closest(better, candidate, l2, best_l2, best_adv):
-  """Where `better` [B], takes the candidate and its squared distance."""
+def keep_closest(success, candidate, l2, best_l2, best_adv):
+  """Takes the candidate where it succeeds closer than the best so far.
+
+  Returns (best_l2, best_adv); `l2` is the candidate's squared distance [B].
+  """
+  better = success & (l2 < best_l2)
   mask = better.reshape((better.shape[0],) + (1,) * (candidate.ndim - 1))
   return jnp.where(better, l2, best_l2), jnp.where(mask, candidate, best_adv)
 
 
-def init_search(initial_const, x):
-  """(const, lower, upper, best_l2, best_adv) before the search over c."""
-  b = x.shape[0]
-  return (jnp.full((b,), initial_const, x.dtype), jnp.zeros((b,), x.dtype),
-          jnp.full((b,), 1e10, x.dtype), jnp.full((b,), jnp.inf, x.dtype), x)
+def search_over_c(round_fn: Callable, initial_const, x: jax.Array,
+                  binary_search_steps: int) -> jax.Array:
+  """Binary search over the constant c, per example (Carlini & Wagner 2017).
 
-
-def update_const(found, const, lower, upper):
-  """One binary-search step on c per example (Carlini & Wagner; cleverhans).
-
-  Success lowers the upper end; failure raises the lower end, or multiplies
-  c by 10 while no success bounds it.
+  `round_fn(const [B], best_l2 [B], best_adv) -> (found [B] bool, best_l2,
+  best_adv)` runs one round of the attack at c = const and keeps the closest
+  success (with `keep_closest`). After each round, as in cleverhans: success
+  lowers the upper end of c's interval; failure raises the lower end, or
+  multiplies c by 10 while no success bounds it. Returns the closest
+  successful images (x where none succeeded).
   """
-  upper = jnp.where(found, jnp.minimum(upper, const), upper)
-  lower = jnp.where(found, lower, jnp.maximum(lower, const))
-  const = jnp.where(upper < 1e9, (lower + upper) / 2.0, const * 10.0)
-  return const, lower, upper
+  b = x.shape[0]
+
+  def body(_, carry):
+    const, lower, upper, best_l2, best_adv = carry
+    found, best_l2, best_adv = round_fn(const, best_l2, best_adv)
+    upper = jnp.where(found, jnp.minimum(upper, const), upper)
+    lower = jnp.where(found, lower, jnp.maximum(lower, const))
+    const = jnp.where(upper < 1e9, (lower + upper) / 2.0, const * 10.0)
+    return const, lower, upper, best_l2, best_adv
+
+  init = (jnp.full((b,), initial_const, x.dtype), jnp.zeros((b,), x.dtype),
+          jnp.full((b,), 1e10, x.dtype), jnp.full((b,), jnp.inf, x.dtype), x)
+  *_, best_adv = jax.lax.fori_loop(0, binary_search_steps, body, init)
+  return best_adv
 
 
 @functools.partial(jax.jit, static_argnums=(4,))

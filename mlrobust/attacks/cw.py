@@ -74,15 +74,14 @@ def _cw(clf, x, y, rng, initial_const, confidence, learning_rate, *, margin,
 
   grad_fn = jax.value_and_grad(objective, has_aux=True)
 
-  def search_step(_, carry):
-    const, lower, upper, best_l2, best_adv = carry
+  def search_round(const, best_l2, best_adv):
 
     def inner(state):
       i, modifier, opt_state, prev, done, best_l2, best_adv, found = state
       (loss, (x_new, l2, f)), g = grad_fn(modifier, const)
       success = core.is_success(clf.predict(x_new), y, targeted) & (f <= 0)
-      best_l2, best_adv = core.keep_closest(success & (l2 < best_l2), x_new,
-                                            l2, best_l2, best_adv)
+      best_l2, best_adv = core.keep_closest(success, x_new, l2, best_l2,
+                                            best_adv)
       updates, opt_state = tx.update(g, opt_state)
       modifier = optax.apply_updates(modifier, updates)
       check = (i % check_every) == 0
@@ -98,13 +97,11 @@ def _cw(clf, x, y, rng, initial_const, confidence, learning_rate, *, margin,
     modifier = jnp.zeros_like(x)
     state = (jnp.array(0), modifier, tx.init(modifier), jnp.array(jnp.inf),
              jnp.array(False), best_l2, best_adv, jnp.zeros((b,), bool))
-    _, _, _, _, _, best_l2, best_adv, found = jax.lax.while_loop(
-        cond, inner, state)
-    const, lower, upper = core.update_const(found, const, lower, upper)
-    return const, lower, upper, best_l2, best_adv
+    *_, best_l2, best_adv, found = jax.lax.while_loop(cond, inner, state)
+    return found, best_l2, best_adv
 
-  *_, best_adv = jax.lax.fori_loop(0, binary_search_steps, search_step,
-                                   core.init_search(initial_const, x))
+  best_adv = core.search_over_c(search_round, initial_const, x,
+                                binary_search_steps)
   best_adv = jax.lax.stop_gradient(best_adv)
   return best_adv, clf.predict(best_adv)
 

@@ -29,8 +29,7 @@ def _lbfgs(clf, x, y, rng, initial_const, *, loss, binary_search_steps,
   axes = tuple(range(1, x.ndim))
   opt = optax.lbfgs()
 
-  def search_step(_, carry):
-    const, lower, upper, best_l2, best_adv = carry
+  def search_round(const, best_l2, best_adv):
 
     def objective(x_new):
       l2 = jnp.sum(jnp.square(x_new - x), axis=axes)
@@ -47,13 +46,12 @@ def _lbfgs(clf, x, y, rng, initial_const, *, loss, binary_search_steps,
     x_new, _ = jax.lax.fori_loop(0, max_iterations, step, (x, opt.init(x)))
     success = clf.predict(x_new) == y
     l2 = jnp.sum(jnp.square(x_new - x), axis=axes)
-    best_l2, best_adv = core.keep_closest(success & (l2 < best_l2), x_new,
-                                          l2, best_l2, best_adv)
-    const, lower, upper = core.update_const(success, const, lower, upper)
-    return const, lower, upper, best_l2, best_adv
+    best_l2, best_adv = core.keep_closest(success, x_new, l2, best_l2,
+                                          best_adv)
+    return success, best_l2, best_adv
 
-  *_, best_adv = jax.lax.fori_loop(0, binary_search_steps, search_step,
-                                   core.init_search(initial_const, x))
+  best_adv = core.search_over_c(search_round, initial_const, x,
+                                binary_search_steps)
   best_adv = jax.lax.stop_gradient(best_adv)
   return best_adv, clf.predict(best_adv)
 

@@ -12,9 +12,13 @@ the final dense layer, as in the DenseNet paper:
   depth = 1 + num_blocks * layers_per_block * (2 if bottleneck else 1)
           + (num_blocks - 1) + 1.
 DenseNet-40 (growth 12, no bottleneck) has 3 blocks of 12 layers.
+
+Besides the module, this file gives what `mlrobust.models` asks of every model:
+`make`, `validate`, `label` and `lipschitz_structure` (the layer structure the
+spectral bounds need, read from the parameter tree this module creates).
 """
 
-from typing import Optional
+from typing import Any, Optional
 
 import flax.linen as nn
 import jax.numpy as jnp
@@ -119,3 +123,94 @@ class DenseNet(nn.Module):
     x = nn.relu(nn.BatchNorm(use_running_average=not train, momentum=0.9)(x))
     x = jnp.mean(x, axis=(1, 2))
     return nn.Dense(self.num_outputs)(x)
+
+
+def make(model_config, num_outputs: int) -> DenseNet:
+  """The DenseNet of a `config.model` ConfigDict."""
+  m = model_config
+  return DenseNet(
+      num_outputs=num_outputs, depth=m.depth, growth_rate=m.growth_rate,
+      num_blocks=m.num_blocks, bottleneck=m.bottleneck,
+      compression=m.compression, dropout_rate=m.dropout_rate,
+      stem_features=m.stem_features, stem_stride=m.stem_stride)
+
+
+def validate(model_config) -> None:
+  """Raises ValueError naming the field and what is allowed."""
+  m = model_config
+  checks = (
+      (m.growth_rate >= 1, 'model.growth_rate must be >= 1'),
+      (m.num_blocks >= 1, 'model.num_blocks must be >= 1'),
+      (0 < m.compression <= 1, 'model.compression must be in (0, 1]'),
+      (0 <= m.dropout_rate < 1, 'model.dropout_rate must be in [0, 1)'),
+      (m.stem_stride in (1, 2), 'model.stem_stride must be 1 or 2'),
+  )
+  for ok, message in checks:
+    if not ok:
+      raise ValueError(f'invalid config: {message}')
+  try:
+    layers_per_block(m.depth, m.num_blocks, m.bottleneck)
+  except ValueError as e:
+    raise ValueError(f'invalid config: model.depth: {e}') from None
+
+
+def label(model_config) -> str:
+  return f"densenet-{model_config['depth']}-k{model_config['growth_rate']}"
+
+
+def _numbered(tree: dict, prefix: str) -> list[str]:
+  """Flax's auto-named submodules `prefix_<i>` of `tree`, in creation order."""
+  names = [k for k in tree if k.startswith(prefix)]
+  return sorted(names, key=lambda k: int(k.rsplit('_', 1)[1]))
+
+
+def lipschitz_structure(variables: Any, image_size: int,
+                        model_config) -> list[dict]:
+  """The network as stages of layers, for `spectral.network_bounds`.
+
+  Returns:
+    [{'kind': 'chain' | 'composite', 'layers': [layer, ...]}, ...] from input
+    to output, where a layer is {'name', 'kind': 'conv', 'kernel', 'size'
+    (input height)}, {'name', 'kind': 'batchnorm', 'scale', 'var'},
+    {'name', 'kind': 'pool', 'factor'} or {'name', 'kind': 'dense',
+    'kernel'}. A 'composite' stage maps x to [x, h(x)], h being its layers.
+  """
+  params, stats = variables['params'], variables['batch_stats']
+
+  def conv(p, n, name):
+    return {'name': name, 'kind': 'conv', 'kernel': p['kernel'], 'size': n}
+
+  def bn(p, s, name):
+    return {'name': name, 'kind': 'batchnorm', 'scale': p['scale'],
+            'var': s['var']}
+
+  n = image_size
+  stages = [{'kind': 'chain', 'layers': [conv(params['Conv_0'], n, 'stem')]}]
+  n = -(-n // model_config.stem_stride)
+  blocks = _numbered(params, '_CompositeLayer_')
+  transitions = _numbered(params, '_Transition_')
+  per_block = len(blocks) // (len(transitions) + 1)
+  for i, name in enumerate(blocks):
+    p, s = params[name], stats[name]
+    layers = []
+    for bn_name, conv_name in zip(_numbered(p, 'BatchNorm_'),
+                                  _numbered(p, 'Conv_')):
+      layers.append(bn(p[bn_name], s[bn_name], f'{name}/{bn_name}'))
+      layers.append(conv(p[conv_name], n, f'{name}/{conv_name}'))
+    stages.append({'kind': 'composite', 'layers': layers})
+    if (i + 1) % per_block == 0 and (i + 1) // per_block <= len(transitions):
+      t = transitions[(i + 1) // per_block - 1]
+      stages.append({'kind': 'chain', 'layers': [
+          bn(params[t]['BatchNorm_0'], stats[t]['BatchNorm_0'],
+             f'{t}/BatchNorm_0'),
+          conv(params[t]['Conv_0'], n, f'{t}/Conv_0'),
+          {'name': f'{t}/avg_pool', 'kind': 'avg_pool', 'window': 2},
+      ]})
+      n //= 2
+  stages.append({'kind': 'chain', 'layers': [
+      bn(params['BatchNorm_0'], stats['BatchNorm_0'], 'final/BatchNorm_0'),
+      {'name': 'global_avg_pool', 'kind': 'global_avg_pool', 'size': (n, n)},
+      {'name': 'Dense_0', 'kind': 'dense',
+       'kernel': params['Dense_0']['kernel']},
+  ]})
+  return stages
