@@ -56,7 +56,8 @@ MULTI_MODES = ('report', 'figure4')
 _CONFIG = config_flags.DEFINE_config_file(
     'config', None, 'Config file, e.g. configs/mnist.py:tanh_mse,cpu.',
     lock_config=True)
-_MODE = flags.DEFINE_enum('mode', 'train', sorted(RUN_MODES) + list(MULTI_MODES),
+_MODE = flags.DEFINE_enum('mode', 'train',
+                          sorted(RUN_MODES) + list(MULTI_MODES),
                           'What to run.')
 _WORKDIR = flags.DEFINE_string('workdir', None,
                                'Directory of the run (train, attack, '

@@ -76,7 +76,8 @@ def measure(dataset, preset, size, batch_size, repeats):
   n_params = sum(p.size for p in jax.tree.leaves(state.params))
   return {'size': size, 'preset': preset, 'depth': config.model.depth,
           'growth': config.model.growth_rate, 'params': n_params,
-          'train_img_s': batch_size / train_s, 'grad_img_s': batch_size / grad_s,
+          'train_img_s': batch_size / train_s,
+          'grad_img_s': batch_size / grad_s,
           'ratio': train_s / grad_s}
 
 

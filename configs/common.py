@@ -20,7 +20,7 @@ SIZES = ('paper', 'cpu', 'smoke')
 
 
 def _adam(c, learning_rate: float, schedule: str) -> None:
-  """Adam without weight decay (the small sizes), in place of the paper's SGD."""
+  """Adam without weight decay, in place of the paper's SGD (small sizes)."""
   c.optimizer.name = 'adam'
   c.optimizer.learning_rate = learning_rate
   c.optimizer.momentum = 0.0

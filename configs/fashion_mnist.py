@@ -1,6 +1,7 @@
 """fashion_mnist configs.
 
-  python launch.py --config=configs/fashion_mnist.py:tanh_mse,cpu --workdir=/tmp/fashion_mnist_tanh_mse
+  python launch.py --config=configs/fashion_mnist.py:tanh_mse,cpu \
+      --workdir=/tmp/fashion_mnist_tanh_mse
 
 trains the R:TANH:MSE model (cpu size) and prints its clean test accuracy.
 Words after the colon: a preset (softmax_ce, softmax_mse, tanh_mse; default

@@ -1,6 +1,7 @@
 """mnist configs.
 
-  python launch.py --config=configs/mnist.py:tanh_mse,cpu --workdir=/tmp/mnist_tanh_mse
+  python launch.py --config=configs/mnist.py:tanh_mse,cpu \
+      --workdir=/tmp/mnist_tanh_mse
 
 trains the R:TANH:MSE model (cpu size) and prints its clean test accuracy.
 Words after the colon: a preset (softmax_ce, softmax_mse, tanh_mse; default

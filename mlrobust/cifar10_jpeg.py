@@ -9,7 +9,8 @@ under `<data_dir>/cifar10_jpeg/` and results on it must be reported as
 The manual directory (`config.data.manual_dir`, or TFDS's
 `<data_dir>/downloads/manual/`) may hold the tarball `cifar10_jpeg.tar.gz`, or
 the extracted `train/` and `test/` folders; `manual_dir` may also name a tarball
-of that layout itself (passed to the builder as `source`). The JPEG bytes are stored unchanged.
+of that layout itself (passed to the builder as `source`). The JPEG bytes are
+stored unchanged.
 """
 
 import io

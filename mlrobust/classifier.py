@@ -116,7 +116,7 @@ class _InferenceApply:
 
 def from_model(model, variables: Any, targets: jax.Array, *, activation: str,
                loss: str) -> Classifier:
-  """Wraps a Flax module whose `apply(variables, x, train=False)` gives logits."""
+  """Wraps a Flax module; `apply(variables, x, train=False)` gives logits."""
   apply_fn = _InferenceApply(model)
   heads.activate(activation, jnp.zeros((1,)))  # Validates the name early.
   losses.get(loss)

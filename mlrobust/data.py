@@ -70,7 +70,9 @@ def _import_tfds():
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
   tf.config.set_visible_devices([], 'GPU')
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
-  from mlrobust import cifar10_jpeg  # pylint: disable=g-import-not-at-top,unused-import  # Registers the builder.
+
+  # Imported for its side effect: it registers the cifar10_jpeg builder.
+  from mlrobust import cifar10_jpeg  # noqa: F401,I001  # pylint: disable=g-import-not-at-top,unused-import
   return tfds
 
 

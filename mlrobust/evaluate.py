@@ -58,7 +58,7 @@ from mlrobust import workdir as workdir_lib
 
 
 class _Progress:
-  """Logs each finished cell with the elapsed time and an estimate of the rest."""
+  """Logs each finished cell, the elapsed time and an estimate of the rest."""
 
   def __init__(self, cells):
     self.cells = cells
@@ -107,7 +107,8 @@ def _proxy(config, workdir):
   if proxy_config.preset != 'softmax_ce':
     logging.warning('Table 6 crafts on a softmax_ce proxy; %s is %s',
                     proxy_dir, proxy_config.preset)
-  name = f'{proxy_config.preset}-{os.path.basename(os.path.normpath(proxy_dir))}'
+  base = os.path.basename(os.path.normpath(proxy_dir))
+  name = f'{proxy_config.preset}-{base}'
   return name, proxy_dir, proxy_clf
 
 

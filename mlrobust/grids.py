@@ -8,16 +8,16 @@ big_vision configures its evaluators):
 
 Fields of an entry: `table` (the preset it belongs to, e.g. 'table3'),
 `attack`, `targeted`, `param` (the swept parameter) and `param_values`,
-`images`
-(test images per cell; None takes `config.eval.images.<family>` of the attack;
-0 = the whole test split), `transfer` (crafted on `config.eval.proxy_workdir`
-and only classified by the evaluated model: the paper's Table 6) and `ladder`
-(run the param_values in order and stop at the first that reaches 100% success: the
-paper's Figure 1). `config.eval.tables` selects the tables whose entries run;
-`paper_entries` gives the paper's Tables 3, 5, 6, 7 and the Figure 1 ladder.
-Every field can be overridden from the command line, e.g.
-`--config.eval.grids.table3_pgd.images=100` or
-`--config.eval.tables='("table3",)'`.
+`images` (test images per cell; None takes `config.eval.images.<family>` of
+the attack; 0 = the whole test split), `transfer` (crafted on
+`config.eval.proxy_workdir` and only classified by the evaluated model: the
+paper's Table 6) and `ladder` (run the param_values in order and stop at the
+first that reaches 100% success: the paper's Figure 1). `config.eval.tables`
+selects the tables whose entries run; `paper_entries` gives the paper's
+Tables 3, 5, 6, 7 and the Figure 1 ladder. Every field can be overridden from
+the command line, e.g. `--config.eval.grids.table3_pgd.images=100`,
+`--config.eval.grids.table3_pgd.param_values='(0.1,0.3)'` or
+`--config.eval.tables="('table3',)"`.
 
 `config.eval.grid` is a one-line shorthand for entries of table 'grid' that
 replaces the selected ones: '[targeted:]attack:param=v1,v2;...', e.g.

@@ -12,7 +12,7 @@ import jax.numpy as jnp
 
 def cross_entropy(logits: jax.Array, outputs: jax.Array,
                   target_vectors: jax.Array) -> jax.Array:
-  """-sum_k t_k log softmax(logits)_k per example; t one-hot (or soft labels)."""
+  """-sum_k t_k log softmax(logits)_k per example; t one-hot (or soft)."""
   del outputs  # Computed from the logits, which is stable.
   return -jnp.sum(target_vectors * jax.nn.log_softmax(logits), axis=-1)
 

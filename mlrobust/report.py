@@ -32,7 +32,8 @@ PRESETS = paper_tables.PRESETS
 _PARAM_LABEL = {'eps': 'eps', 'initial_const': 'c', 'max_iter': 'm'}
 _ATTACK_LABEL = {'cw_l2': 'CWL2', 'mim': 'MIM', 'deepfool': 'DeepFool',
                  'bim': 'BIM', 'fgsm': 'FGSM', 'pgd': 'Madry et al. (PGD)',
-                 'lbfgs': 'L-BFGS', 'cw_l2_distance': 'CWL2-distance (the paper\'s)'}
+                 'lbfgs': 'L-BFGS',
+                 'cw_l2_distance': 'CWL2-distance (the paper\'s)'}
 
 
 class Run:

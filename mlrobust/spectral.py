@@ -37,7 +37,6 @@ valid bound that respects the structure: a composite layer maps x to
 """
 
 import functools
-from typing import Any
 
 import jax
 import jax.numpy as jnp

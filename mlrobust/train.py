@@ -109,7 +109,7 @@ def augment(key: jax.Array, x: jax.Array, kind: str) -> jax.Array:
 def train_step(state: TrainState, images: jax.Array, labels: jax.Array,
                key: jax.Array, targets: jax.Array, *, model, tx, activation,
                loss_name, augment_kind):
-  """One optimizer step on uint8 images [B, H, W, C]; returns (state, metrics)."""
+  """One optimizer step on uint8 images [B, H, W, C] -> (state, metrics)."""
   step_key = jax.random.fold_in(key, state.step)
   aug_key, dropout_key = jax.random.split(step_key)
   x = augment(aug_key, data.images_to_float(images), augment_kind)
@@ -245,10 +245,10 @@ def train_and_evaluate(config, workdir: str) -> dict:
       bad = _first_bad_step(pending)
       if bad is not None:
         raise NonFiniteLossError(
-            f'training loss or gradient is not finite at step {bad}; stopped. The last '
-            f'good checkpoint ({manager.latest_step()}) is kept in '
-            f'{manager.directory}. Lower optimizer.learning_rate or check '
-            f'the data.')
+            f'training loss or gradient is not finite at step {bad}; '
+            f'stopped. The last good checkpoint ({manager.latest_step()}) '
+            f'is kept in {manager.directory}. Lower '
+            f'optimizer.learning_rate or check the data.')
       window = jax.device_get([m for _, m in pending[-window_steps:]])
       elapsed = time.time() - window_start
       record = {
@@ -272,8 +272,9 @@ def train_and_evaluate(config, workdir: str) -> dict:
                        config.eval.batch_size)
         logging.info('step %d: test accuracy %.4f on %d %s test images', step,
                      acc, len(dataset.test), dataset.name)
-        workdir_lib.append_metrics(workdir, {'step': step, 'epoch': step / steps_per_epoch,
-                     'test_accuracy': acc})
+        workdir_lib.append_metrics(workdir, {
+            'step': step, 'epoch': step / steps_per_epoch,
+            'test_accuracy': acc})
       window_start = time.time()  # Exclude saving and evaluation.
 
   test_acc = accuracy(to_classifier(state), dataset.test,

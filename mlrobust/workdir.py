@@ -23,8 +23,8 @@ import secrets
 from typing import Any
 
 from absl import logging
-from ml_collections import config_dict
 import jax
+from ml_collections import config_dict
 import numpy as np
 
 from mlrobust import checkpoints

@@ -37,7 +37,8 @@ def test_parameter_the_attack_does_not_take_is_rejected(trained):
   config, workdir = trained
   config.attack.name = 'deepfool'
   config.attack.eps = 0.1
-  with pytest.raises(ValueError, match="config.attack: attack 'deepfool' does not take 'eps'"):
+  with pytest.raises(ValueError,
+                     match="config.attack: attack 'deepfool' does not take"):
     attack_run.run_attack(config, workdir)
   config.attack.eps = None
   config.attack.targeted = True

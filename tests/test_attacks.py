@@ -1,8 +1,7 @@
-"""Attacks against closed forms on affine models, properties, and a trained model."""
+"""Attacks: closed forms on affine models, properties, a trained model."""
 
 import functools
 
-import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -12,8 +11,6 @@ import pytest
 from mlrobust import attacks
 from mlrobust import classifier
 from mlrobust import heads
-from mlrobust.attacks import cw
-from mlrobust.attacks import gradient
 from tests import conftest
 
 SHAPE = (4, 4, 1)

@@ -8,7 +8,8 @@ from mlrobust.models import densenet
 
 
 @pytest.mark.parametrize('depth, blocks, bottleneck, expected', [
-    (40, 3, False, 12), (10, 3, False, 2), (100, 3, True, 16), (7, 3, False, 1)])
+    (40, 3, False, 12), (10, 3, False, 2), (100, 3, True, 16),
+    (7, 3, False, 1)])
 def test_layers_per_block(depth, blocks, bottleneck, expected):
   assert densenet.layers_per_block(depth, blocks, bottleneck) == expected
 

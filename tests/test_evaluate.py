@@ -1,4 +1,4 @@
-"""--mode=evaluate, transfer, sweeps and the report (mock data, smoke models)."""
+"""--mode=evaluate, transfer, sweeps and the report (mock data, smoke runs)."""
 
 import functools
 import inspect
@@ -287,7 +287,8 @@ def test_report_renders_tables_and_plots(trained, tmp_path):
 def test_report_splices_tables_between_markers(trained, tmp_path):
   _, workdir = trained
   doc = tmp_path / 'DOC.md'
-  doc.write_text('intro\n<!-- report:begin -->\nold\n<!-- report:end -->\nend\n')
+  doc.write_text(
+      'intro\n<!-- report:begin -->\nold\n<!-- report:end -->\nend\n')
   report.write_report([workdir], str(tmp_path / 'r'), splice_into=str(doc))
   text = doc.read_text()
   assert text.startswith('intro\n<!-- report:begin -->\n### Table 3')

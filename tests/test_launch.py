@@ -23,8 +23,8 @@ def test_report_of_the_committed_results_is_the_committed_report(tmp_path):
   # The report is a function of the result files: regenerating it from
   # results/ gives the committed reports/cpu/report.md byte for byte.
   out = tmp_path / 'report'
-  result = _launch('--mode=report', f'--workdirs={",".join(MNIST_RUNS + FMNIST_RUNS)}',
-                   f'--out={out}')
+  runs = ','.join(MNIST_RUNS + FMNIST_RUNS)
+  result = _launch('--mode=report', f'--workdirs={runs}', f'--out={out}')
   assert result.returncode == 0, result.stderr[-2000:]
   with open(os.path.join(ROOT, 'reports', 'cpu', 'report.md')) as f:
     assert (out / 'report.md').read_text() == f.read()

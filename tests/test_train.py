@@ -101,8 +101,8 @@ def test_sigkilled_run_resumes_to_the_same_parameters(mock_mnist, tmp_path):
   ckpt_dir = checkpoints.checkpoint_dir(killed)
   deadline = time.time() + 600  # Generous: the child compiles first.
   while time.time() < deadline:
-    steps = [int(d) for d in os.listdir(ckpt_dir) if d.isdigit()] if os.path.isdir(
-        ckpt_dir) else []
+    steps = ([int(d) for d in os.listdir(ckpt_dir) if d.isdigit()]
+             if os.path.isdir(ckpt_dir) else [])
     if steps and max(steps) >= 6:
       break
     time.sleep(0.05)
@@ -150,7 +150,8 @@ def test_nonfinite_loss_stops_and_keeps_last_good_checkpoint(
     train.train_and_evaluate(config, workdir)
   manager = checkpoints.make_manager(workdir, read_only=True)
   assert manager.latest_step() == 4
-  chex.assert_tree_all_finite(workdir_lib.load_classifier(config, workdir).variables)
+  chex.assert_tree_all_finite(
+      workdir_lib.load_classifier(config, workdir).variables)
 
 
 def _snapshot(workdir):

@@ -1,4 +1,4 @@
-"""DeepFool (Moosavi-Dezfooli et al., 2016), untargeted, on the generic decoding.
+"""DeepFool (Moosavi-Dezfooli et al., 2016), untargeted, on the decoding.
 
 DeepFool linearises the class scores around the current point and steps to the
 nearest linearised boundary, repeating until the prediction changes or
@@ -26,7 +26,6 @@ import numpy as np
 
 from mlrobust import heads
 from mlrobust.attacks import core
-
 
 SCORES = ('auto', 'logits', 'distance')
 

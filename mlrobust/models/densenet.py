@@ -1,9 +1,9 @@
-"""DenseNet (Huang et al., 2017) in Flax Linen, returning pre-activation outputs.
+"""DenseNet (Huang et al., 2017) in Flax Linen, returning pre-activations.
 
 The network follows the CIFAR variant of the original paper: a 3x3 stem
-convolution, `num_blocks` dense blocks of BN-ReLU-Conv composite layers joined by
-transition layers (BN-ReLU, 1x1 conv, 2x2 average pooling), then BN-ReLU, global
-average pooling and one dense layer with `num_outputs` units. The head
+convolution, `num_blocks` dense blocks of BN-ReLU-Conv composite layers joined
+by transition layers (BN-ReLU, 1x1 conv, 2x2 average pooling), then BN-ReLU,
+global average pooling and one dense layer with `num_outputs` units. The head
 activation (softmax or tanh) is *not* applied here: `mlrobust.heads` applies it,
 so the same trunk serves every target representation.
 
@@ -45,7 +45,7 @@ def layers_per_block(depth: int, num_blocks: int, bottleneck: bool) -> int:
 
 
 class _CompositeLayer(nn.Module):
-  """BN-ReLU-Conv(3x3), optionally preceded by a BN-ReLU-Conv(1x1) bottleneck."""
+  """BN-ReLU-Conv(3x3), optionally after a BN-ReLU-Conv(1x1) bottleneck."""
   growth_rate: int
   bottleneck: bool
   dropout_rate: float
@@ -81,7 +81,7 @@ class _Transition(nn.Module):
 
 
 class DenseNet(nn.Module):
-  """DenseNet trunk plus a dense output layer; returns pre-activations [B, num_outputs].
+  """DenseNet trunk and a dense output layer: pre-activations [B, outputs].
 
   Attributes:
     num_outputs: width of the output (classes for softmax, d for codewords).
