@@ -43,6 +43,7 @@ from mlrobust import grids
 from mlrobust import lipschitz_run
 from mlrobust import report
 from mlrobust import train
+from mlrobust import workdir
 
 RUN_MODES = {
     # mode: (run(config, workdir) -> result, describe(result) -> str)
@@ -74,7 +75,8 @@ _RECOMPUTE = flags.DEFINE_bool('recompute', False,
                                'figure4: recompute every lipschitz.json.')
 
 # Errors that are the user's to fix: printed as one line, no traceback.
-_USER_ERRORS = (ValueError, FileNotFoundError, checkpoints.CheckpointError)
+_USER_ERRORS = (ValueError, FileNotFoundError, checkpoints.CheckpointError,
+                workdir.WorkdirError, train.NonFiniteLossError)
 
 
 def _check_run_mode(mode, config) -> None:

@@ -1,19 +1,32 @@
-"""Orbax checkpoints of the training state, with clear errors.
+"""Orbax checkpoints of the training state, verified when read.
 
 A checkpoint is the pytree {'step', 'params', 'batch_stats', 'opt_state'} saved
 by `orbax.checkpoint.CheckpointManager` under `<workdir>/checkpoints/<step>`.
 Orbax writes each step to a temporary folder and renames it when complete, so a
-run killed while saving leaves the previous checkpoint intact. A checkpoint
-that cannot be read, or that does not match the model being built, raises
-`CheckpointError`; nothing is deleted or overwritten.
+run killed while saving leaves the previous checkpoint intact.
+
+Orbax does not notice a flipped byte in a chunk file: such a checkpoint loads
+with some parameters changed. So every save also writes
+`<step>/fingerprint.json`, the SHA-256 of the whole state and of its variables
+(params and batch_stats) as they were saved, and every restore recomputes the
+digest of what it read and refuses a mismatch, like any non-finite value. A
+checkpoint that cannot be read, does not match the model being built, or does
+not match its fingerprint raises `CheckpointError`; nothing is deleted or
+overwritten.
 """
 
+import hashlib
+import json
 import os
-from typing import Any, Optional
+from typing import Any, NamedTuple, Optional
 
 from absl import logging
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
+
+FINGERPRINT_FILE = 'fingerprint.json'
+VARIABLES = ('params', 'batch_stats')
 
 
 class _QuietOrbax:
@@ -27,7 +40,30 @@ logging.get_absl_logger().addFilter(_QuietOrbax())
 
 
 class CheckpointError(RuntimeError):
-  """A checkpoint is missing, unreadable or does not match the config."""
+  """A checkpoint is missing, unreadable, corrupt or not of this config."""
+
+
+class Restored(NamedTuple):
+  tree: Any  # The restored pytree, in the structure of the target.
+  step: int
+  digest: str  # SHA-256 of what was read.
+  verified: bool  # Whether a fingerprint recorded at save time matched.
+
+
+def tree_digest(tree: Any) -> str:
+  """SHA-256 of a pytree's leaves: their paths, dtypes, shapes and bytes."""
+  h = hashlib.sha256()
+  leaves, _ = jax.tree_util.tree_flatten_with_path(tree)
+  for path, leaf in leaves:
+    a = np.ascontiguousarray(jax.device_get(leaf))
+    h.update(jax.tree_util.keystr(path).encode())
+    h.update(f'{a.dtype.str}{a.shape}'.encode())
+    h.update(a.tobytes())
+  return h.hexdigest()
+
+
+def variables_of(state: dict) -> dict:
+  return {k: state[k] for k in VARIABLES}
 
 
 def checkpoint_dir(workdir: str) -> str:
@@ -43,27 +79,42 @@ def make_manager(workdir: str, *, max_to_keep: int = 2,
   return ocp.CheckpointManager(checkpoint_dir(workdir), options=options)
 
 
-def save(manager: ocp.CheckpointManager, step: int, state: Any) -> None:
+def _fingerprint_path(manager, step) -> str:
+  return os.path.join(str(manager.directory), str(step), FINGERPRINT_FILE)
+
+
+def save(manager: ocp.CheckpointManager, step: int, state: dict) -> None:
+  """Saves `state` at `step` with its fingerprint."""
   manager.save(step, args=ocp.args.StandardSave(state), force=True)
   manager.wait_until_finished()
+  fingerprint = {'state': tree_digest(state),
+                 'variables': tree_digest(variables_of(state))}
+  path = _fingerprint_path(manager, step)
+  with open(path + '.tmp', 'w') as f:
+    json.dump(fingerprint, f)
+  os.replace(path + '.tmp', path)
   logging.info('Saved checkpoint at step %d in %s', step, manager.directory)
 
 
-def restore(manager: ocp.CheckpointManager, target: Any,
-            step: Optional[int] = None, *, partial: bool = False) -> Any:
+def restore_checked(manager: ocp.CheckpointManager, target: Any,
+                    step: Optional[int] = None, *,
+                    partial: bool = False) -> Restored:
   """Restores `step` (default: latest) into the structure of `target`.
 
-  With `partial`, `target` may name a subset of the saved top-level entries
-  (e.g. only params and batch_stats); the rest is not read.
+  With `partial`, `target` names only the variables (params and batch_stats);
+  the optimizer state is not read.
 
   Raises:
-    CheckpointError: no checkpoint, or one that cannot be read into `target`.
+    CheckpointError: no checkpoint; one that cannot be read into `target`;
+      non-finite values; or values that differ from the fingerprint recorded
+      when it was saved (a corrupt file).
   """
   step = manager.latest_step() if step is None else step
   if step is None:
     raise CheckpointError(
         f'no checkpoint in {manager.directory}; train first with '
         f'--mode=train and the same --workdir')
+  where = os.path.join(str(manager.directory), str(step))
   abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, target)
   try:
     if partial:
@@ -76,23 +127,55 @@ def restore(manager: ocp.CheckpointManager, target: Any,
     restored = manager.restore(step, args=args)
   except Exception as e:  # pylint: disable=broad-except
     raise CheckpointError(
-        f'checkpoint {os.path.join(str(manager.directory), str(step))} '
-        f'cannot be restored for this config ({type(e).__name__}: '
-        f'{str(e)[:500]}). It is left untouched. If it was written by a '
-        f'different config, use a new --workdir; if it is corrupt, move that '
-        f'step folder away to resume from an earlier one (steps: '
-        f'{list(manager.all_steps())}).') from e
-  _check_structure(target, restored, manager.directory, step)
-  return restored
+        f'checkpoint {where} cannot be restored for this config '
+        f'({type(e).__name__}: {str(e)[:500]}). It is left untouched. If it '
+        f'was written by a different config, use a new --workdir; if it is '
+        f'corrupt, move that step folder away to resume from an earlier one '
+        f'(steps: {list(manager.all_steps())}).') from e
+  _check_structure(target, restored, where)
+  for leaf in jax.tree.leaves(restored):
+    a = np.asarray(leaf)
+    if np.issubdtype(a.dtype, np.floating) and not np.all(np.isfinite(a)):
+      raise CheckpointError(
+          f'checkpoint {where} holds NaN or infinite values: it is corrupt. '
+          f'It is left untouched; move that step folder away to use an '
+          f'earlier one (steps: {list(manager.all_steps())}).')
+  digest = tree_digest(restored)
+  verified = False
+  try:
+    with open(_fingerprint_path(manager, step)) as f:
+      recorded = json.load(f)['variables' if partial else 'state']
+  except FileNotFoundError:
+    logging.warning('Checkpoint %s has no %s (saved by an older mlrobust): '
+                    'its integrity cannot be verified', where,
+                    FINGERPRINT_FILE)
+  except (ValueError, KeyError, TypeError) as e:
+    raise CheckpointError(f'{where}/{FINGERPRINT_FILE} is unreadable ({e}); '
+                          'the checkpoint cannot be verified') from e
+  else:
+    if recorded != digest:
+      raise CheckpointError(
+          f'checkpoint {where} does not match the fingerprint recorded when '
+          f'it was saved: a file of it is corrupt. It is left untouched; '
+          f'move that step folder away to use an earlier one (steps: '
+          f'{list(manager.all_steps())}).')
+    verified = True
+  return Restored(restored, int(step), digest, verified)
 
 
-def _check_structure(target, restored, directory, step):
+def restore(manager: ocp.CheckpointManager, target: Any,
+            step: Optional[int] = None, *, partial: bool = False) -> Any:
+  """The restored tree of `restore_checked` (same checks)."""
+  return restore_checked(manager, target, step, partial=partial).tree
+
+
+def _check_structure(target, restored, where):
   t_leaves, t_def = jax.tree.flatten(target)
   r_leaves, r_def = jax.tree.flatten(restored)
   mismatch = t_def != r_def or any(
       a.shape != b.shape for a, b in zip(t_leaves, r_leaves))
   if mismatch:
     raise CheckpointError(
-        f'checkpoint {directory}/{step} does not match the model of this '
-        f'config (different parameter shapes or optimizer); it is left '
-        f'untouched. Use a new --workdir for a different config.')
+        f'checkpoint {where} does not match the model of this config '
+        f'(different parameter shapes or optimizer); it is left untouched. '
+        f'Use a new --workdir for a different config.')

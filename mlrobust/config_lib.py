@@ -26,6 +26,8 @@ SECRET_FIELDS = (('head', 'codebook_key'),)
 OPTIMIZERS = ('sgd', 'adam', 'adamw')
 SCHEDULES = ('constant', 'cosine', 'piecewise')
 AUGMENTATIONS = ('none', 'flip_crop', 'crop')
+# Outputs of the head; a codebook of K x dim floats is held in memory.
+MAX_HEAD_DIM = 65536
 
 
 def parse_arg(arg: str | None, *, presets: Sequence[str],
@@ -68,7 +70,8 @@ def validate(config: config_dict.ConfigDict) -> None:
          f'head.activation {h.activation!r}; allowed: softmax, tanh')
   _check(h.targets in heads.TARGETS,
          f'head.targets {h.targets!r}; allowed: {list(heads.TARGETS)}')
-  _check(h.dim >= 1, f'head.dim must be >= 1, got {h.dim}')
+  _check(1 <= h.dim <= MAX_HEAD_DIM,
+         f'head.dim must be in [1, {MAX_HEAD_DIM}], got {h.dim}')
   if h.targets == 'onehot':
     _check(h.dim == num_classes,
            f'one-hot targets need head.dim == {num_classes} (the number of '
@@ -103,6 +106,11 @@ def validate(config: config_dict.ConfigDict) -> None:
   _check(t.augment in AUGMENTATIONS,
          f'train.augment {t.augment!r}; allowed: {list(AUGMENTATIONS)}')
   _check(config.eval.batch_size >= 1, 'eval.batch_size must be >= 1')
+  _check(config.eval.num_examples >= 0,
+         'eval.num_examples must be >= 0 (0 = the whole test split), got '
+         f'{config.eval.num_examples}')
+  _check(config.attack.batch_size >= 1,
+         f'attack.batch_size must be >= 1, got {config.attack.batch_size}')
   if config.data.num_train:
     _check(config.data.num_train >= t.batch_size,
            'data.num_train must be at least train.batch_size')

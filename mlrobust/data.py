@@ -89,10 +89,15 @@ def _missing_data_error(name, builder, manual_dir, cause):
     hint = (' Without internet access, the JPEG copy of CIFAR-10 is available '
             'as the separate dataset cifar10_jpeg (config.data.name='
             '\'cifar10_jpeg\'); report its results as cifar10_jpeg.')
+  folder = manual_dir or default_manual
+  missing = [f for f in files
+             if not os.path.exists(os.path.join(folder, f))]
+  absent = (f' Missing there: {missing}.' if missing and missing != list(files)
+            else '')
   return FileNotFoundError(
       f'dataset {name!r} is not prepared in {builder.data_dir_root!r} and '
       f'could not be prepared: it needs the files {list(files)} in {where}.'
-      f'{hint} (cause: {type(cause).__name__}: {cause})')
+      f'{absent}{hint} (cause: {type(cause).__name__}: {cause})')
 
 
 def _prepare(tfds, name, data_dir, manual_dir, download):
@@ -188,8 +193,16 @@ def load(data_config) -> Dataset:
   tfds = _import_tfds()
   builder = _prepare(tfds, name, data_config.data_dir, data_config.manual_dir,
                      data_config.download)
-  train = _read_split(tfds, builder, 'train', data_config.num_train)
-  test = _read_split(tfds, builder, 'test', data_config.num_test)
+  try:
+    train = _read_split(tfds, builder, 'train', data_config.num_train)
+    test = _read_split(tfds, builder, 'test', data_config.num_test)
+  except Exception as e:  # pylint: disable=broad-except
+    if type(e).__name__ != 'DataLossError':
+      raise
+    raise ValueError(
+        f'the prepared {name} files in {builder.data_dir} are damaged '
+        f'({str(e).splitlines()[0][:200]}); delete that folder and run again '
+        'to prepare them anew') from None
   for split_name, split in (('train', train), ('test', test)):
     if split.images.shape[1:] != shape:
       raise ValueError(f'{name} {split_name} images have shape '

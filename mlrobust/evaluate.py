@@ -99,21 +99,27 @@ def _proxy(config, workdir):
   if os.path.realpath(proxy_dir) == os.path.realpath(workdir):
     logging.info('Table 6: this run is the proxy itself; no transfer cells')
     return None
-  proxy_config, proxy_clf = workdir_lib.load_run(proxy_dir)
+  proxy_config = workdir_lib.saved_config(proxy_dir)
+  proxy_clf, provenance = workdir_lib.load_trained(proxy_config, proxy_dir)
   if proxy_config.data.name != config.data.name:
     raise ValueError(f'eval.proxy_workdir {proxy_dir} was trained on '
                      f'{proxy_config.data.name}, this run on '
                      f'{config.data.name}; transfer needs the same dataset')
-  if proxy_config.preset != 'softmax_ce':
+  label = workdir_lib.run_label(proxy_config)
+  if label != 'softmax_ce':
     logging.warning('Table 6 crafts on a softmax_ce proxy; %s is %s',
-                    proxy_dir, proxy_config.preset)
+                    proxy_dir, label)
   base = os.path.basename(os.path.normpath(proxy_dir))
-  name = f'{proxy_config.preset}-{base}'
-  return name, proxy_dir, proxy_clf
+  return f'{label}-{base}', proxy_dir, proxy_clf, provenance
 
 
-def _crafted(proxy_dir, proxy_clf, cell, x, labels, batch_size, rng):
-  """The proxy's adversarial examples for a transfer cell (cached, atomic)."""
+def _crafted(proxy_dir, proxy_clf, fingerprint, cell, x, labels, batch_size,
+             rng):
+  """The proxy's adversarial examples for a transfer cell (cached, atomic).
+
+  The cache is used only if it was crafted by the same proxy model
+  (`fingerprint`) on the same images.
+  """
   out_dir = os.path.join(workdir_lib.results_dir(proxy_dir, 'eval'),
                          'crafted')
   os.makedirs(out_dir, exist_ok=True)
@@ -122,11 +128,13 @@ def _crafted(proxy_dir, proxy_clf, cell, x, labels, batch_size, rng):
   if os.path.exists(path):
     try:
       with np.load(path) as f:
-        if f['adv'].shape == x.shape and np.array_equal(f['label'], labels):
+        if (f['adv'].shape == x.shape and np.array_equal(f['label'], labels)
+            and str(f['model_fingerprint']) == fingerprint):
           return f['adv'], float(f['wall_s']), float(f['proxy_accuracy'])
     except (ValueError, KeyError, OSError):
       pass
-    logging.warning('%s does not match these images; crafting again', path)
+    logging.warning('%s was not crafted by this proxy model on these '
+                    'images; crafting again', path)
   start = time.time()
   result = attacks.get(cell.attack)(proxy_clf, x, labels, targeted=False,
                                     rng=rng, batch_size=batch_size,
@@ -134,14 +142,24 @@ def _crafted(proxy_dir, proxy_clf, cell, x, labels, batch_size, rng):
   wall = time.time() - start
   acc = float(np.mean(result.prediction == labels))
   workdir_lib.write_npz(path, adv=result.adv, label=labels, wall_s=wall,
-                        proxy_accuracy=acc)
+                        proxy_accuracy=acc, model_fingerprint=fingerprint)
   return result.adv, wall, acc
 
 
 def run_evaluate(config, workdir: str) -> dict:
-  """Runs (or resumes) the evaluation of `workdir`; returns the cell results."""
+  """Runs (or resumes) the evaluation of `workdir`; returns the cell results.
+
+  A finished cell is reused only if it was computed on this model (its
+  fingerprint and checkpoint step) and these test images; otherwise it is
+  moved aside to `.stale` and run again.
+  """
   grids.check(config.eval)
-  clf = workdir_lib.load_classifier(config, workdir)
+  with workdir_lib.lock(workdir):
+    return _run_evaluate(config, workdir)
+
+
+def _run_evaluate(config, workdir):
+  clf, provenance = workdir_lib.load_trained(config, workdir)
   proxy = _proxy(config, workdir)
   # As many test images as the largest cell needs (0 = all of them).
   dataset_name, x_all, labels_all = data.load_test(
@@ -152,31 +170,48 @@ def run_evaluate(config, workdir: str) -> dict:
   target_key, attack_key = jax.random.split(key)
   goals_all = attacks.random_targets(target_key, labels_all, clf.num_classes)
   out_dir = workdir_lib.results_dir(workdir, 'eval')
+  workdir_lib.check_writable(out_dir)
   batch_size = config.attack.batch_size
-  meta = {'dataset': dataset_name, 'preset': config.preset,
+  meta = {'dataset': dataset_name, 'preset': workdir_lib.run_label(config),
           'size': config.size, 'model': models.label(config.model),
-          'seed': config.eval.seed}
+          'seed': config.eval.seed, **provenance}
   clean_pred_all = classifier.predict_batched(clf, x_all,
                                               config.eval.batch_size)
 
   def run_cell(cell: grids.Cell) -> tuple[dict, bool]:
     path = os.path.join(out_dir, cell.id + '.json')
-    done = workdir_lib.read_cell(path)
-    if done is not None:
-      return done, False
     n = cell.num_examples
     x, labels = x_all[:n], labels_all[:n]
+    identity = {'model_fingerprint': provenance['model_fingerprint'],
+                'step': provenance['step'], 'dataset': dataset_name,
+                'test_images': workdir_lib.images_digest(x, labels)}
+    if proxy and cell.transfer_from:
+      identity['proxy_fingerprint'] = proxy[3]['model_fingerprint']
+    done = workdir_lib.read_cell(path)
+    if done is not None:
+      reason = workdir_lib.stale_reason(done, identity)
+      if reason is None:
+        return done, False
+      logging.warning('%s was computed on another model or images (%s); '
+                      'moving it to .stale and running the cell again', path,
+                      reason)
+      for suffix in ('.json', '.npz'):
+        old = os.path.join(out_dir, cell.id + suffix)
+        if os.path.exists(old):
+          os.replace(old, old + '.stale')
     goal = goals_all[:n] if cell.targeted else labels
     rng = jax.random.fold_in(attack_key, grids.ORDER.index(cell.attack))
-    record = {**meta, 'attack': cell.attack, 'targeted': cell.targeted,
-              'param': cell.param, 'value': cell.value,
+    record = {**meta, **identity, 'attack': cell.attack,
+              'targeted': cell.targeted, 'param': cell.param,
+              'value': cell.value,
               'fixed': dict(cell.fixed),
               'params': attacks.effective_params(cell.attack, cell.params),
               'clean_accuracy': float(np.mean(clean_pred_all[:n] == labels))}
     if cell.transfer_from:
-      _, proxy_dir, proxy_clf = proxy
-      adv, craft_s, proxy_acc = _crafted(proxy_dir, proxy_clf, cell, x,
-                                         labels, batch_size, rng)
+      _, proxy_dir, proxy_clf, proxy_provenance = proxy
+      adv, craft_s, proxy_acc = _crafted(
+          proxy_dir, proxy_clf, proxy_provenance['model_fingerprint'], cell,
+          x, labels, batch_size, rng)
       start = time.time()
       # The target only classifies the proxy's images.
       pred = classifier.predict_batched(clf, adv, config.eval.batch_size)
@@ -219,7 +254,8 @@ def run_evaluate(config, workdir: str) -> dict:
                    cell.value, record['success_rate'])
       if record['success_rate'] >= 1.0:
         break
-  return {'workdir': workdir, 'dataset': dataset_name, 'preset': config.preset,
+  return {'workdir': workdir, 'dataset': dataset_name,
+          'preset': workdir_lib.run_label(config),
           'cells': results, 'path': out_dir}
 
 

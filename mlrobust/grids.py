@@ -141,6 +141,7 @@ def check_entry(e) -> None:
   for v in e.param_values:
     if isinstance(v, bool) or not isinstance(v, (int, float)):
       raise ValueError(f'param_values must be numbers, got {v!r}')
+    attacks.check_values(**{e.param: v})
   if e.images is not None and e.images < 0:
     raise ValueError(f'images must be >= 0 (0 = the whole test split), got '
                      f'{e.images}')

@@ -38,7 +38,12 @@ LINF_EPS = (0.001, 0.005, 0.01, 0.02, 0.05, 0.1)
 
 def run_lipschitz(config, workdir: str) -> dict:
   """Computes the bounds of `workdir`'s model; writes and returns them."""
-  clf = workdir_lib.load_classifier(config, workdir)
+  with workdir_lib.lock(workdir):
+    return _run_lipschitz(config, workdir)
+
+
+def _run_lipschitz(config, workdir):
+  clf, provenance = workdir_lib.load_trained(config, workdir)
   shape, _ = data.info(config.data.name)
   structure = models.lipschitz_structure(config.model, clf.variables,
                                          shape[0])
@@ -62,8 +67,8 @@ def run_lipschitz(config, workdir: str) -> dict:
           lipschitz)) for i in range(0, len(x), 500)])
   pixels = int(np.prod(shape))
   summary = {
-      'dataset': dataset_name, 'preset': config.preset,
-      'model': models.label(config.model),
+      'dataset': dataset_name, 'preset': workdir_lib.run_label(config),
+      'model': models.label(config.model), **provenance,
       'layers': layers,
       'network': {method: {'product': r['product'],
                            'structured': r['structured']}

@@ -41,14 +41,50 @@ class Run:
 
   def __init__(self, workdir: str):
     self.workdir = workdir
-    self.cells = workdir_lib.cell_results(workdir)
     config = workdir_lib.saved_config(workdir)
     self.dataset = config['data']['name']
-    self.preset = config['preset']
+    # The label comes from what the run is, not from what it says it is.
+    self.preset = workdir_lib.run_label(config)
+    if self.preset == 'custom':
+      raise ValueError(
+          f"{workdir} is none of the paper's models (head "
+          f"{config['head']['activation']}, targets "
+          f"{config['head']['targets']}, loss {config['loss']}); the report "
+          "compares softmax_ce, softmax_mse and tanh_mse runs")
+    if config.get('preset') != self.preset:
+      raise ValueError(
+          f"{workdir}/config.json says preset {config.get('preset')!r}, but "
+          f'its head, targets and loss are those of {self.preset!r}; refusing '
+          'to report it under either name')
     self.model = models.label(config['model'])
+    self.cells = workdir_lib.cell_results(workdir)
+    self._check_cells()
     self.size = config.get('size')
     self.clean_accuracy = workdir_lib.clean_test_accuracy(workdir)
     self.num_test = config['data'].get('num_test') or 'all'
+
+  def _check_cells(self):
+    """Refuses cells of another dataset, model or training of the run."""
+    fingerprints = {}
+    for c in self.cells:
+      where = os.path.join(self.workdir, 'eval', c['id'] + '.json')
+      try:
+        found = (c['dataset'], c['preset'], c['model'])
+        _ = (c['attack'], c['targeted'], c['value'], c[c['metric']])
+      except (KeyError, TypeError) as e:
+        raise ValueError(
+            f'{where} is not an evaluation cell (no {e})') from None
+      if found != (self.dataset, self.preset, self.model):
+        raise ValueError(
+            f'{where} is a result of {found}, but {self.workdir} is '
+            f'{(self.dataset, self.preset, self.model)}; remove it')
+      if c.get('model_fingerprint'):
+        fingerprints.setdefault(c['model_fingerprint'], []).append(c['id'])
+    if len(fingerprints) > 1:
+      raise ValueError(
+          f'{self.workdir}/eval holds cells of {len(fingerprints)} different '
+          f'trainings ({sorted(fingerprints)}); run --mode=evaluate again '
+          '(it sets the stale ones aside) or remove them')
 
   def cell(self, attack, targeted, value, *, transfer=False, n=None):
     """The finished cell with the most images (or exactly n), else None."""

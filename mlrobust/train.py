@@ -11,7 +11,6 @@ epoch or every N steps and at the end) are read and written through
 """
 
 import functools
-import os
 import time
 from typing import Any
 
@@ -188,8 +187,12 @@ def train_and_evaluate(config, workdir: str) -> dict:
       checkpoint stays).
   """
   config_lib.validate(config)
+  with workdir_lib.lock(workdir):  # Creates the workdir; one writer.
+    return _train_and_evaluate(config, workdir)
+
+
+def _train_and_evaluate(config, workdir: str) -> dict:
   start_time = time.time()
-  os.makedirs(workdir, exist_ok=True)
   workdir_lib.check_or_write_config(config, workdir)
   dataset = data.load(config.data)
   targets = workdir_lib.load_or_make_targets(config, workdir,
@@ -202,6 +205,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
     raise ValueError(f'train.batch_size {batch_size} exceeds the '
                      f'{n_train} training images')
   total_steps = config.train.num_epochs * steps_per_epoch
+  workdir_lib.write_manifest(workdir, total_steps=total_steps)
   model = models.make(config.model, config.head.dim)
   tx = make_optimizer(config, steps_per_epoch)
   state = init_state(config, model, tx, image_shape)

@@ -2,8 +2,10 @@
 
   <workdir>/
     config.json       the config with secrets redacted, written once
+    manifest.json     the run's identity: SHA-256 of targets.npy, total steps
     targets.npy       [K, d] target representation (the codebook of a codeword
-                      head: needed to decode, secret like its key)
+                      head: needed to decode, secret like its key; owner-only)
+    .lock             held by the one process writing to the run
     metrics.jsonl     one JSON object per log line and per evaluation
     checkpoints/      orbax checkpoints (`mlrobust.checkpoints`)
     attacks/*.json    --mode=attack results
@@ -11,16 +13,26 @@
     lipschitz.json    --mode=lipschitz bounds
 
 Every mode reads and writes a run only through this module: the config check
-that keeps a workdir to one run, the targets, the trained classifier (only its
-parameters and BatchNorm statistics are restored), and result files, which
-are written atomically (a temporary file renamed into place), so a killed
-process never leaves a half-written result behind.
+that keeps a workdir to one run (only training writes config.json), the
+verified targets, the trained classifier (only its parameters and BatchNorm
+statistics are restored, checked against their fingerprint) with its
+provenance (checkpoint step, model fingerprint), the lock that keeps one
+writer per workdir, and result files, which are written atomically (a
+temporary file renamed into place), so a killed process never leaves a
+half-written result behind, and to a fallback file named in the error when
+the destination cannot be written.
 """
 
+import contextlib
+import fcntl
+import hashlib
 import json
 import os
 import secrets
-from typing import Any
+import socket
+import tempfile
+import time
+from typing import Any, NamedTuple
 
 from absl import logging
 import jax
@@ -33,36 +45,101 @@ from mlrobust import config_lib
 from mlrobust import data
 from mlrobust import heads
 from mlrobust import models
+from mlrobust import paper_tables
 
 # Fields that define a run: a workdir's checkpoint only continues a run with
 # the same values. The rest (paths, logging, evaluation) may change on resume.
-RUN_FIELDS = ('seed', 'data.name', 'data.num_train', 'model', 'head', 'loss',
-              'optimizer', 'train.batch_size', 'train.num_epochs',
+RUN_FIELDS = ('preset', 'seed', 'data.name', 'data.num_train', 'model', 'head',
+              'loss', 'optimizer', 'train.batch_size', 'train.num_epochs',
               'train.augment')
+
+
+class WorkdirError(RuntimeError):
+  """A workdir that cannot be used as asked (busy, unwritable, inconsistent)."""
+
+
+def run_label(config) -> str:
+  """The paper model a run is, from its actual head, targets and loss.
+
+  'softmax_ce', 'softmax_mse' or 'tanh_mse' (see `paper_tables.HEADS`), or
+  'custom' for any other combination. Results are labelled with this, never
+  with the config's `preset` field alone.
+  """
+  head = (config['head']['activation'], config['head']['targets'],
+          config['loss'])
+  for preset, spec in paper_tables.HEADS.items():
+    if spec == head:
+      return preset
+  return 'custom'
 
 
 # Result files.
 
 
+def _fallback(path: str, error: OSError, save) -> None:
+  """Saves what could not be written to `path` elsewhere and raises."""
+  folder = os.path.join(tempfile.gettempdir(), 'mlrobust-unsaved')
+  os.makedirs(folder, exist_ok=True)
+  fallback = os.path.join(
+      folder, f'{time.strftime("%Y%m%d-%H%M%S")}-{os.getpid()}-'
+      f'{os.path.basename(path)}')
+  save(fallback)
+  raise WorkdirError(f'cannot write {path} ({error}); the result was saved '
+                     f'to {fallback} instead') from error
+
+
 def write_text(path: str, text: str) -> None:
-  """Writes `text` to `path` atomically."""
+  """Writes `text` to `path` atomically.
+
+  Raises:
+    WorkdirError: `path` cannot be written; the text went to a fallback file
+      that the message names.
+  """
   tmp = f'{path}.tmp'
-  with open(tmp, 'w') as f:
-    f.write(text)
-  os.replace(tmp, path)
+  try:
+    with open(tmp, 'w') as f:
+      f.write(text)
+    os.replace(tmp, path)
+  except OSError as e:
+    with contextlib.suppress(OSError):
+      os.remove(tmp)
+
+    def save(fallback):
+      with open(fallback, 'w') as f:
+        f.write(text)
+    _fallback(path, e, save)
+
+
+def to_json(obj: Any, *, indent: int = 2, sort_keys: bool = True) -> str:
+  """Strict JSON: NaN and infinities become null (JSON has no NaN)."""
+  def strict(o):
+    if isinstance(o, float) and not np.isfinite(o):
+      return None
+    if isinstance(o, dict):
+      return {k: strict(v) for k, v in o.items()}
+    if isinstance(o, (list, tuple)):
+      return [strict(v) for v in o]
+    return o
+  return json.dumps(strict(obj), indent=indent, sort_keys=sort_keys,
+                    allow_nan=False)
 
 
 def write_json(path: str, obj: Any, *, indent: int = 2,
                sort_keys: bool = True) -> None:
-  """Writes `obj` as JSON to `path` atomically."""
-  write_text(path, json.dumps(obj, indent=indent, sort_keys=sort_keys))
+  """Writes `obj` as strict JSON to `path` atomically (see `write_text`)."""
+  write_text(path, to_json(obj, indent=indent, sort_keys=sort_keys))
 
 
 def write_npz(path: str, **arrays) -> None:
   """Writes compressed arrays to `path` (ending in .npz) atomically."""
   tmp = f'{path}.tmp.npz'
-  np.savez_compressed(tmp, **arrays)
-  os.replace(tmp, path)
+  try:
+    np.savez_compressed(tmp, **arrays)
+    os.replace(tmp, path)
+  except OSError as e:
+    with contextlib.suppress(OSError):
+      os.remove(tmp)
+    _fallback(path, e, lambda f: np.savez_compressed(f, **arrays))
 
 
 def write_npy(path: str, array: np.ndarray) -> None:
@@ -73,8 +150,56 @@ def write_npy(path: str, array: np.ndarray) -> None:
 
 
 def read_json(path: str) -> Any:
+  """The JSON in `path`; ValueError naming the file if it does not parse."""
   with open(path) as f:
-    return json.load(f)
+    try:
+      return json.load(f)
+    except ValueError as e:
+      raise ValueError(f'{path} is not valid JSON ({e})') from None
+
+
+def check_writable(folder: str) -> None:
+  """Creates `folder` if needed and checks a file can be written in it.
+
+  Raises:
+    WorkdirError: saying why not (a file in the way, read-only, too long).
+  """
+  try:
+    os.makedirs(folder, exist_ok=True)
+    with tempfile.NamedTemporaryFile(dir=folder, prefix='.write-test-'):
+      pass
+  except OSError as e:
+    raise WorkdirError(f'cannot write in {folder}: {e.strerror or e}. Choose '
+                       'a writable --workdir.') from None
+
+
+@contextlib.contextmanager
+def lock(workdir: str):
+  """Holds `<workdir>/.lock`: one writing process per workdir.
+
+  The lock is an OS file lock (released when its process ends, however it
+  ends), so a stale lock of a dead process never blocks; the file holds the
+  holder's pid and host for the error message.
+
+  Raises:
+    WorkdirError: another process holds the lock (named in the message).
+  """
+  check_writable(workdir)
+  path = os.path.join(workdir, '.lock')
+  fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+  try:
+    try:
+      fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+      holder = os.read(fd, 200).decode(errors='replace').strip() or 'unknown'
+      raise WorkdirError(
+          f'{workdir} is in use by another process ({holder}); wait for it '
+          'to finish or use another --workdir') from None
+    os.ftruncate(fd, 0)
+    os.write(fd, f'pid {os.getpid()} on {socket.gethostname()}'.encode())
+    yield
+  finally:
+    os.close(fd)  # Releases the lock.
 
 
 # The config.
@@ -87,17 +212,30 @@ def _field(d: dict, dotted: str):
 
 
 def check_or_write_config(config, workdir: str) -> None:
-  """Writes config.json, or checks that the run's fields match the old one.
+  """Writes config.json (training), or checks it like `check_config`."""
+  if not os.path.exists(os.path.join(workdir, 'config.json')):
+    write_json(os.path.join(workdir, 'config.json'),
+               config_lib.public_dict(config))
+    return
+  check_config(config, workdir)
+
+
+def check_config(config, workdir: str) -> None:
+  """Checks that the run in `workdir` has this config's RUN_FIELDS.
+
+  Readers (attacks, evaluations) never write config.json: a workdir's
+  identity is written by its training only.
 
   Raises:
-    checkpoints.CheckpointError: config.json is unreadable or holds a run with
-      other RUN_FIELDS (nothing is changed).
+    checkpoints.CheckpointError: config.json is missing, unreadable or holds
+      a run with other RUN_FIELDS (nothing is changed).
   """
   path = os.path.join(workdir, 'config.json')
   public = config_lib.public_dict(config)
   if not os.path.exists(path):
-    write_json(path, public)
-    return
+    raise checkpoints.CheckpointError(
+        f'{path} is missing, so what was trained in {workdir} is unknown; '
+        'nothing was written. Retrain into a new --workdir.')
   try:
     # The codebook key is checked against targets.npy instead (a run's
     # codebook needs no key once made).
@@ -130,16 +268,43 @@ def saved_config(workdir: str) -> config_dict.ConfigDict:
 # The targets.
 
 
+def _sha256(path: str) -> str:
+  with open(path, 'rb') as f:
+    return hashlib.sha256(f.read()).hexdigest()
+
+
+def read_manifest(workdir: str) -> dict:
+  """manifest.json of a run ({} for a run from before manifests)."""
+  path = os.path.join(workdir, 'manifest.json')
+  if not os.path.exists(path):
+    return {}
+  try:
+    manifest = read_json(path)
+    manifest['targets_sha256']  # pylint: disable=pointless-statement
+    return manifest
+  except (ValueError, KeyError, TypeError) as e:
+    raise checkpoints.CheckpointError(f'{path} is unreadable ({e})') from None
+
+
+def write_manifest(workdir: str, *, total_steps: int) -> None:
+  """Records the run's identity when training starts (targets made)."""
+  path = os.path.join(workdir, 'targets.npy')
+  write_json(os.path.join(workdir, 'manifest.json'),
+             {'targets_sha256': _sha256(path), 'total_steps': total_steps})
+
+
 def load_or_make_targets(config, workdir: str,
                          num_classes: int) -> np.ndarray:
   """The run's target representation, made once and kept in the workdir.
 
   One-hot targets, or a codebook drawn from the secret key (config or
   $MLROBUST_CODEBOOK_KEY); with no key, from a random key that is forgotten.
+  A codebook is written owner-only (0600), in an owner-only workdir.
 
   Raises:
     checkpoints.CheckpointError: targets.npy unreadable, of the wrong shape,
-      or not the codebook of the given key.
+      not finite, not the file recorded in manifest.json, or not the codebook
+      of the given key.
   """
   path = os.path.join(workdir, 'targets.npy')
   key = config_lib.codebook_key(config)
@@ -149,6 +314,12 @@ def load_or_make_targets(config, workdir: str,
         config.head.targets, num_classes, config.head.dim,
         jax.random.key(key if key is not None else 0)))
   if os.path.exists(path):
+    recorded = read_manifest(workdir).get('targets_sha256')
+    if recorded is not None and recorded != _sha256(path):
+      raise checkpoints.CheckpointError(
+          f'{path} is not the file this run was trained with (its SHA-256 '
+          'differs from manifest.json): it was changed or is corrupt. Restore '
+          'it, or retrain into a new --workdir.')
     try:
       targets = np.load(path)
     except (ValueError, OSError) as e:
@@ -157,6 +328,9 @@ def load_or_make_targets(config, workdir: str,
       raise checkpoints.CheckpointError(
           f'{path} has shape {targets.shape}, but this config needs '
           f'({num_classes}, {config.head.dim}); use a new --workdir')
+    if not np.all(np.isfinite(targets)):
+      raise checkpoints.CheckpointError(f'{path} holds NaN or infinite '
+                                        'values: it is corrupt')
     if expected is not None and not np.array_equal(targets, expected):
       raise checkpoints.CheckpointError(
           f'{path} does not match the configured target representation (a '
@@ -166,24 +340,39 @@ def load_or_make_targets(config, workdir: str,
     # No key given: draw a secret one; only the codebook is kept.
     expected = np.asarray(heads.make_codebook(
         jax.random.key(secrets.randbits(63)), num_classes, config.head.dim))
+  if config.head.targets == 'codebook':
+    os.chmod(workdir, 0o700)  # The codebook is secret.
   write_npy(path, expected)
+  if config.head.targets == 'codebook':
+    os.chmod(path, 0o600)
   return expected
 
 
 # The trained classifier.
 
 
-def load_classifier(config, workdir: str,
-                    step: int | None = None) -> classifier_lib.Classifier:
-  """The trained model of `workdir` as a Classifier (for attacks, analyses).
+class Trained(NamedTuple):
+  classifier: classifier_lib.Classifier
+  provenance: dict  # What results record: see `load_trained`.
+
+
+def load_trained(config, workdir: str, step: int | None = None) -> Trained:
+  """The trained model of `workdir` and what identifies it.
 
   Restores only the parameters and BatchNorm statistics of checkpoint `step`
-  (default: the latest); the optimizer state is not read.
+  (default: the latest), checked against the fingerprint written when it was
+  saved; the optimizer state is not read. Never writes to the workdir.
+
+  Returns:
+    Trained(classifier, provenance) with provenance {'step', 'final_step'
+    (the run's last step, None if unknown), 'model_fingerprint' (a digest of
+    the variables and the targets: equal iff the model is), 'verified'
+    (whether the checkpoint matched its recorded fingerprint)}.
 
   Raises:
     ValueError: an invalid config.
     checkpoints.CheckpointError: no trained run, another run's config, or a
-      checkpoint that cannot be read into this config's model.
+      checkpoint that cannot be read into this config's model or is corrupt.
   """
   config_lib.validate(config)
   image_shape, num_classes = data.info(config.data.name)
@@ -191,7 +380,7 @@ def load_classifier(config, workdir: str,
     raise checkpoints.CheckpointError(
         f'{workdir} holds no trained run (no targets.npy); train first with '
         f'--mode=train --workdir={workdir}')
-  check_or_write_config(config, workdir)
+  check_config(config, workdir)
   targets = load_or_make_targets(config, workdir, num_classes)
   model = models.make(config.model, config.head.dim)
   abstract = jax.eval_shape(
@@ -200,10 +389,47 @@ def load_classifier(config, workdir: str,
   target = {'params': abstract['params'],
             'batch_stats': abstract.get('batch_stats', {})}
   manager = checkpoints.make_manager(workdir, read_only=True)
-  variables = checkpoints.restore(manager, target, step, partial=True)
-  return classifier_lib.from_model(model, variables, targets,
-                                   activation=config.head.activation,
-                                   loss=config.loss)
+  restored = checkpoints.restore_checked(manager, target, step, partial=True)
+  final_step = read_manifest(workdir).get('total_steps')
+  if final_step is not None and restored.step != final_step:
+    logging.warning('%s: using checkpoint step %d, not the run\'s final step '
+                    '%d (unfinished training, or later steps removed)',
+                    workdir, restored.step, final_step)
+  targets_digest = hashlib.sha256(np.ascontiguousarray(targets).tobytes())
+  fingerprint = hashlib.sha256(
+      (restored.digest + targets_digest.hexdigest()).encode()).hexdigest()
+  clf = classifier_lib.from_model(model, restored.tree, targets,
+                                  activation=config.head.activation,
+                                  loss=config.loss)
+  return Trained(clf, {'step': restored.step, 'final_step': final_step,
+                       'model_fingerprint': fingerprint[:16],
+                       'verified': restored.verified})
+
+
+def load_classifier(config, workdir: str,
+                    step: int | None = None) -> classifier_lib.Classifier:
+  """The classifier of `load_trained` (same checks)."""
+  return load_trained(config, workdir, step).classifier
+
+
+def images_digest(x: np.ndarray, labels: np.ndarray) -> str:
+  """A short digest of test images and labels (which images a result used)."""
+  h = hashlib.sha256(np.ascontiguousarray(x).tobytes())
+  h.update(np.ascontiguousarray(labels).tobytes())
+  return h.hexdigest()[:16]
+
+
+def stale_reason(record: dict, expected: dict) -> str | None:
+  """Why a result `record` was not computed on `expected`, or None.
+
+  `expected` holds the fields that identify what a result is about
+  (model_fingerprint, step, test_images, ...); a record lacking one of them
+  (written by an older mlrobust) is stale too.
+  """
+  for key, value in expected.items():
+    if record.get(key) != value:
+      return f'{key} {record.get(key)!r} != {value!r}'
+  return None
 
 
 def load_run(workdir: str):
@@ -288,6 +514,8 @@ def cell_results(workdir: str) -> list[dict]:
   for name in sorted(os.listdir(out_dir)):
     if name.endswith('.json'):
       r = read_json(os.path.join(out_dir, name))
+      if not isinstance(r, dict):
+        raise ValueError(f'{os.path.join(out_dir, name)} is not a cell result')
       r['id'] = name[:-len('.json')]
       results.append(r)
   return results

@@ -32,7 +32,8 @@ def test_smoke_training_writes_a_loadable_run(preset, mock_mnist, tmp_path):
   assert 0 <= result['test_accuracy'] <= 1 and result['num_test'] == 128
   assert result['step'] == 16
   assert sorted(os.listdir(workdir)) == [
-      'checkpoints', 'config.json', 'metrics.jsonl', 'targets.npy']
+      '.lock', 'checkpoints', 'config.json', 'manifest.json', 'metrics.jsonl',
+      'targets.npy']
   records = [json.loads(l) for l in open(os.path.join(workdir,
                                                       'metrics.jsonl'))]
   assert {'train_loss', 'train_accuracy', 'images_per_sec'} <= set(records[0])

@@ -34,6 +34,7 @@ are cleverhans v2.1's, as Saito & Roy used them (their Table 2). The registry
 
 from mlrobust.attacks.core import ATTACK_LOSSES
 from mlrobust.attacks.core import AttackResult
+from mlrobust.attacks.core import check_values
 from mlrobust.attacks.core import random_targets
 from mlrobust.attacks.cw import cw_l2
 from mlrobust.attacks.cw import cw_l2_distance

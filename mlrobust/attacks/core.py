@@ -109,6 +109,33 @@ def check_param(name: str, value, *, minimum=None, exclusive=False,
       raise ValueError(f'{name} must be {op} {minimum}, got {value!r}')
 
 
+# The allowed values of every attack parameter (checked before any work).
+PARAM_RULES = {
+    'eps': dict(minimum=0),
+    'eps_iter': dict(minimum=0),
+    'nb_iter': dict(minimum=1, integer=True),
+    'decay': dict(minimum=0),
+    'initial_const': dict(minimum=0, exclusive=True),
+    'confidence': dict(minimum=0),
+    'learning_rate': dict(minimum=0, exclusive=True),
+    'binary_search_steps': dict(minimum=1, integer=True),
+    'max_iterations': dict(minimum=1, integer=True),
+    'max_iter': dict(minimum=1, integer=True),
+    'nb_candidate': dict(minimum=2, integer=True),
+    'overshoot': dict(minimum=0),
+    'batch_size': dict(minimum=1, integer=True),
+}
+
+
+def check_values(**params) -> None:
+  """Raises ValueError for any attack parameter outside its allowed values."""
+  for name, value in params.items():
+    if name == 'loss':
+      check_loss(value)
+    elif name in PARAM_RULES:
+      check_param(name, value, **PARAM_RULES[name])
+
+
 def check_loss(name: str):
   if name not in ATTACK_LOSSES:
     raise ValueError(f'unknown attack loss {name!r}; choose one of '
@@ -126,7 +153,7 @@ def run_batched(fn: Callable, clf, x: np.ndarray, y: np.ndarray, *,
   """
   n = len(x)
   batch_size = batch_size or max(n, 1)
-  check_param('batch_size', batch_size, minimum=1, integer=True)
+  check_values(batch_size=batch_size)
   outs = []
   for i, start in enumerate(range(0, n, batch_size)):
     xb = jnp.asarray(x[start:start + batch_size])

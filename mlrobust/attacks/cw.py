@@ -109,12 +109,10 @@ def _cw(clf, x, y, rng, initial_const, confidence, learning_rate, *, margin,
 def _attack(clf, x, y, *, margin, targeted, rng, initial_const, confidence,
             learning_rate, binary_search_steps, max_iterations, abort_early,
             batch_size):
-  core.check_param('initial_const', initial_const, minimum=0, exclusive=True)
-  core.check_param('confidence', confidence, minimum=0)
-  core.check_param('learning_rate', learning_rate, minimum=0, exclusive=True)
-  core.check_param('binary_search_steps', binary_search_steps, minimum=1,
-                   integer=True)
-  core.check_param('max_iterations', max_iterations, minimum=1, integer=True)
+  core.check_values(initial_const=initial_const, confidence=confidence,
+                    learning_rate=learning_rate,
+                    binary_search_steps=binary_search_steps,
+                    max_iterations=max_iterations)
   x, y = core.check_inputs(clf, x, y, targeted=targeted)
   fn = functools.partial(_cw, margin=margin, targeted=targeted,
                          binary_search_steps=binary_search_steps,

@@ -111,9 +111,8 @@ def deepfool(clf, x, y, *, targeted=False, rng=None, nb_candidate=10,
   """
   if targeted:
     raise ValueError('deepfool is untargeted only; use targeted=False')
-  core.check_param('nb_candidate', nb_candidate, minimum=2, integer=True)
-  core.check_param('overshoot', overshoot, minimum=0)
-  core.check_param('max_iter', max_iter, minimum=1, integer=True)
+  core.check_values(nb_candidate=nb_candidate, overshoot=overshoot,
+                    max_iter=max_iter)
   if scores not in SCORES:
     raise ValueError(f'unknown scores {scores!r}; choose one of {SCORES}')
   argmax_logits = _decodes_as_argmax_of_logits(clf)

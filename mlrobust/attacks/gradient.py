@@ -86,10 +86,7 @@ def _iterative(clf, x, y, rng, eps, eps_iter, decay, *, targeted, loss,
 
 def _attack(clf, x, y, *, targeted, rng, eps, eps_iter, nb_iter, loss,
             rand_init, momentum, decay, batch_size):
-  core.check_param('eps', eps, minimum=0)
-  core.check_param('eps_iter', eps_iter, minimum=0)
-  core.check_param('nb_iter', nb_iter, minimum=1, integer=True)
-  core.check_loss(loss)
+  core.check_values(eps=eps, eps_iter=eps_iter, nb_iter=nb_iter, loss=loss)
   x, y = core.check_inputs(clf, x, y, targeted=targeted)
   fn = functools.partial(_iterative, targeted=targeted, loss=loss,
                          nb_iter=nb_iter, rand_init=rand_init,
@@ -134,7 +131,7 @@ def mim(clf, x, y, *, targeted=False, rng=None, eps=0.3, eps_iter=0.06,
         nb_iter=10, decay=1.0, loss='train',
         batch_size=None) -> core.AttackResult:
   """Momentum iterative method: g <- decay g + grad / ||grad||_1 per example."""
-  core.check_param('decay', decay, minimum=0)
+  core.check_values(decay=decay)
   return _attack(clf, x, y, targeted=targeted, rng=rng, eps=eps,
                  eps_iter=eps_iter, nb_iter=nb_iter, loss=loss,
                  rand_init=False, momentum=True, decay=decay,

@@ -78,11 +78,9 @@ def lbfgs(clf, x, y, *, targeted=True, rng=None, initial_const=0.01,
   if not targeted:
     raise ValueError('lbfgs is targeted only; use targeted=True with target '
                      'classes as y')
-  core.check_param('initial_const', initial_const, minimum=0, exclusive=True)
-  core.check_param('binary_search_steps', binary_search_steps, minimum=1,
-                   integer=True)
-  core.check_param('max_iterations', max_iterations, minimum=1, integer=True)
-  core.check_loss(loss)
+  core.check_values(initial_const=initial_const,
+                    binary_search_steps=binary_search_steps,
+                    max_iterations=max_iterations, loss=loss)
   x, y = core.check_inputs(clf, x, y, targeted=True)
   fn = functools.partial(_lbfgs, loss=loss,
                          binary_search_steps=binary_search_steps,

@@ -12,6 +12,7 @@ import inspect
 
 import numpy as np
 
+from mlrobust.attacks import core
 from mlrobust.attacks.core import AttackResult
 from mlrobust.attacks.cw import cw_l2
 from mlrobust.attacks.cw import cw_l2_distance
@@ -83,6 +84,7 @@ def params_from_config(attack_config) -> dict:
   try:
     check_params(name, params)
     check_direction(name, attack_config.targeted)
+    core.check_values(**params)
   except ValueError as e:
     raise ValueError(f'config.attack: {e}') from None
   return params
