@@ -9,6 +9,8 @@ reported as `cifar10_jpeg`:
   python launch.py --config=configs/cifar10.py:tanh_mse,cpu --workdir=W \
     --config.data.name=cifar10_jpeg --config.data.manual_dir=DIR
 
+(the `cpu` size here is a DenseNet-16 with growth 12, 20 epochs).
+
 Words after the colon: a preset (softmax_ce, softmax_mse, tanh_mse; default
 tanh_mse) and a size (paper, cpu, smoke; default paper).
 """
@@ -23,5 +25,10 @@ def get_config(arg=None):
   if c.size != 'smoke':
     c.train.augment = 'flip_crop'
   if c.size == 'cpu':
-    c.train.num_epochs = 10
+    # DenseNet-16, growth 12, stride-2 stem (128k parameters): the MNIST cpu
+    # model (DenseNet-13, growth 8) is too small for 0.80 on CIFAR. On two
+    # CPU cores ~500 images/s, so 20 epochs take ~35-45 min (README).
+    c.model.depth = 16
+    c.model.growth_rate = 12
+    c.train.num_epochs = 20
   return c
