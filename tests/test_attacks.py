@@ -219,6 +219,63 @@ def test_cw_distance_success_agrees_with_decoding_on_codewords():
                                 x[~result.success])
 
 
+def _codeword_linear(d=32, k=4, seed=7, scale=2.0, bias=-4.0):
+  codebook = heads.make_codebook(jax.random.key(seed), k, d)
+  w = scale * jax.random.normal(jax.random.key(seed + 1), (N_PIX, d))
+  return classifier.from_function(lambda x: x.reshape(len(x), -1) @ w + bias,
+                                  codebook, activation='tanh', loss='mse')
+
+
+def test_cw_l2_on_codewords_keeps_the_iterates_that_decode_as_the_target():
+  # With codeword labels the logit margin f never reaches 0; an iterate is
+  # kept when the decoding reaches the target (it used to need f <= 0 too,
+  # so cw_l2 could never succeed on a codeword head).
+  clf = _codeword_linear(scale=1.0, bias=0.0)
+  x = np.asarray(jax.random.uniform(jax.random.key(5), (6, *SHAPE)))
+  y = np.asarray(clf.predict(jnp.asarray(x)))
+  t = attacks.random_targets(jax.random.key(6), y, 4)
+  result = attacks.cw_l2(clf, x, t, targeted=True, initial_const=1.0,
+                         max_iterations=200, binary_search_steps=3)
+  pred = np.asarray(clf.predict(jnp.asarray(result.adv)))
+  np.testing.assert_array_equal(result.success, pred == t)
+  assert result.success.sum() >= 2, result.success  # Was 0 of 6.
+  np.testing.assert_array_equal(result.adv[~result.success],
+                                x[~result.success])
+  assert np.all(result.l2[result.success] > 0)
+
+
+@pytest.mark.parametrize('name, kwargs', [
+    ('fgsm', dict(eps=0.1)),
+    ('bim', dict(eps=0.1, nb_iter=3)),
+    ('mim', dict(eps=0.1, nb_iter=3)),
+    ('pgd', dict(eps=0.1, nb_iter=3)),
+    ('deepfool', dict(max_iter=5, nb_candidate=4)),
+    ('cw_l2', dict(initial_const=1.0, max_iterations=30,
+                   binary_search_steps=2)),
+    ('cw_l2_distance', dict(initial_const=1.0, max_iterations=30,
+                            binary_search_steps=2)),
+    ('lbfgs', dict(initial_const=1.0, max_iterations=5,
+                   binary_search_steps=2)),
+])
+def test_an_examples_result_does_not_depend_on_its_batch(name, kwargs):
+  clf = _codeword_linear()
+  x = np.asarray(jax.random.uniform(jax.random.key(5), (5, *SHAPE)))
+  y = np.asarray(clf.predict(jnp.asarray(x)))
+  targeted = name != 'deepfool' and name in ('lbfgs', 'cw_l2_distance')
+  goal = attacks.random_targets(jax.random.key(6), y, 4) if targeted else y
+  fn = functools.partial(attacks.get(name), clf, targeted=targeted,
+                         rng=jax.random.key(3), **kwargs)
+  together = fn(x, goal)
+  for i in range(len(x)):
+    alone = fn(x[i:i + 1], goal[i:i + 1])
+    np.testing.assert_allclose(together.adv[i], alone.adv[0], atol=1e-5)
+    assert together.success[i] == alone.success[0]
+  # And in another order.
+  order = np.array([3, 0, 4, 2, 1])
+  shuffled = fn(x[order], goal[order])
+  np.testing.assert_allclose(shuffled.adv, together.adv[order], atol=1e-5)
+
+
 def _trained_mlp():
   """A small MLP trained to ~100% on 3 synthetic classes of 8x8 images."""
   rng = np.random.default_rng(0)
@@ -300,3 +357,86 @@ def test_bad_inputs_raise(x, y, match):
 def test_unknown_attack_lists_names():
   with pytest.raises(ValueError, match='cw_l2_distance'):
     attacks.get('jsma')
+
+
+@pytest.mark.parametrize('c', [0.1, 1.0, 10.0])
+def test_lbfgs_reaches_scipys_box_constrained_optimum(c):
+  # The compiled attack (optax L-BFGS, projected on the box) against scipy's
+  # L-BFGS-B with bounds on the same objective, one round at a fixed c.
+  import scipy.optimize  # pylint: disable=g-import-not-at-top
+  clf, _, _ = _affine(seed=3, activation='softmax', loss='ce')
+  x = _mid_images(4, seed=4)
+  y = np.asarray(clf.predict(jnp.asarray(x)))
+  t = np.asarray(attacks.random_targets(jax.random.key(2), y, 3))
+  ours = attacks.lbfgs(clf, x, t, initial_const=c, binary_search_steps=1,
+                       max_iterations=200)
+  for i in range(len(x)):
+    def objective(flat, i=i):
+      xi = jnp.asarray(flat, jnp.float32).reshape(1, *SHAPE)
+      loss = clf.loss(xi, jnp.asarray(t[i:i + 1]))[0]
+      return c * loss + jnp.sum(jnp.square(xi - x[i:i + 1]))
+    value_and_grad = jax.jit(jax.value_and_grad(objective))
+    f = lambda v: tuple(np.asarray(a, np.float64) for a in value_and_grad(v))
+    ref = scipy.optimize.minimize(f, x[i].ravel().astype(np.float64),
+                                  jac=True, method='L-BFGS-B',
+                                  bounds=[(0.0, 1.0)] * N_PIX)
+    ref_success = int(clf.predict(jnp.asarray(
+        ref.x.reshape(1, *SHAPE), jnp.float32))[0]) == t[i]
+    assert bool(ours.success[i]) == ref_success, i
+    if ours.success[i]:  # The returned image is the round's solution.
+      assert float(objective(ours.adv[i].ravel())) <= ref.fun + 1e-3, i
+
+
+def test_mim_two_steps_by_hand():
+  clf, w, b = _affine(seed=4, activation='softmax', loss='ce')
+  w, b = np.asarray(w, np.float64), np.asarray(b, np.float64)
+  x = _mid_images(3, seed=6)
+  y = np.asarray(clf.predict(jnp.asarray(x)))
+  eps, eps_iter, decay = 0.2, 0.03, 0.7
+  result = attacks.mim(clf, x, y, eps=eps, eps_iter=eps_iter, nb_iter=2,
+                       decay=decay)
+  flat = x.reshape(3, -1).astype(np.float64)
+  adv, velocity = flat.copy(), np.zeros_like(flat)
+  for _ in range(2):
+    z = adv @ w + b
+    p = np.exp(z - z.max(1, keepdims=True))
+    p /= p.sum(1, keepdims=True)
+    grad = (p - np.eye(3)[y]) @ w.T  # d CE / dx, ascended (untargeted).
+    velocity = decay * velocity + grad / np.abs(grad).sum(1, keepdims=True)
+    adv = np.clip(flat + np.clip(adv + eps_iter * np.sign(velocity) - flat,
+                                 -eps, eps), 0, 1)
+  np.testing.assert_allclose(result.adv.reshape(3, -1), adv, atol=1e-6)
+
+
+def test_ce_and_margin_attack_losses_by_hand():
+  clf = _codeword_linear(scale=1.0, bias=0.0)
+  x = np.asarray(jax.random.uniform(jax.random.key(5), (6, *SHAPE)))
+  y = np.array([0, 1, 2, 3, 0, 1], np.int32)
+  scores = np.asarray(clf.scores(jnp.asarray(x)), np.float64)
+  log_p = scores - scores.max(1, keepdims=True)
+  log_p -= np.log(np.exp(log_p).sum(1, keepdims=True))
+  ce = -log_p[np.arange(6), y]
+  others = scores.copy()
+  others[np.arange(6), y] = -np.inf
+  margin = others.max(1) - scores[np.arange(6), y]
+  from mlrobust.attacks import core  # pylint: disable=g-import-not-at-top
+  np.testing.assert_allclose(
+      core.attack_loss(clf, jnp.asarray(x), jnp.asarray(y), 'ce'), ce,
+      rtol=1e-5)
+  np.testing.assert_allclose(
+      core.attack_loss(clf, jnp.asarray(x), jnp.asarray(y), 'margin'),
+      margin, rtol=1e-5, atol=1e-6)
+
+
+def test_the_loop_and_the_unrolled_gradient_attacks_agree(monkeypatch):
+  # nb_iter above the CPU unroll limit runs XLA's loop; raising the limit
+  # unrolls the same attack.
+  from mlrobust.attacks import gradient  # pylint: disable=g-import-not-at-top
+  clf = _codeword_linear()
+  x = np.asarray(jax.random.uniform(jax.random.key(5), (4, *SHAPE)))
+  y = np.asarray(clf.predict(jnp.asarray(x)))
+  nb_iter = gradient._CPU_UNROLL_LIMIT + 6
+  looped = attacks.pgd(clf, x, y, eps=0.2, eps_iter=0.01, nb_iter=nb_iter)
+  monkeypatch.setattr(gradient, '_CPU_UNROLL_LIMIT', nb_iter)
+  unrolled = attacks.pgd(clf, x, y, eps=0.2, eps_iter=0.01, nb_iter=nb_iter)
+  np.testing.assert_allclose(looped.adv, unrolled.adv, atol=1e-5)

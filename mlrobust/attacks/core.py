@@ -7,6 +7,7 @@ prediction == y (targeted, y = target classes).
 """
 
 import functools
+import hashlib
 from typing import Callable, NamedTuple
 
 import jax
@@ -142,23 +143,37 @@ def check_loss(name: str):
                      f'{list(ATTACK_LOSSES)}')
 
 
+def example_keys(rng: jax.Array, x: np.ndarray) -> jax.Array:
+  """One key per example [B], from `rng` and the example's own pixels.
+
+  An example's randomness (e.g. PGD's random start) thus depends on neither
+  its position nor the other images of its call.
+  """
+  flat = np.ascontiguousarray(x).reshape(len(x), -1)
+  seeds = np.array([int.from_bytes(
+      hashlib.blake2b(row.tobytes(), digest_size=4).digest(), 'little')
+                    for row in flat], np.uint32)
+  return jax.vmap(jax.random.fold_in, in_axes=(None, 0))(rng, seeds)
+
+
 def run_batched(fn: Callable, clf, x: np.ndarray, y: np.ndarray, *,
                 batch_size: int | None, targeted: bool, rng: jax.Array,
                 **kwargs) -> AttackResult:
-  """Runs the jitted `fn(clf, x, y, rng, **kwargs) -> adv` over batches.
+  """Runs the jitted `fn(clf, x, y, keys, **kwargs) -> adv` over batches.
 
-  Each batch's adversarial images are copied to the host before the next
-  batch starts, so memory is bounded by one batch. The per-batch key is
-  `fold_in(rng, batch index)`.
+  `keys` [b] are the examples' own keys (`example_keys`). Each batch's
+  adversarial images are copied to the host before the next batch starts, so
+  memory is bounded by one batch.
   """
   n = len(x)
   batch_size = batch_size or max(n, 1)
   check_values(batch_size=batch_size)
   outs = []
-  for i, start in enumerate(range(0, n, batch_size)):
-    xb = jnp.asarray(x[start:start + batch_size])
+  for start in range(0, n, batch_size):
+    xb_host = x[start:start + batch_size]
+    xb = jnp.asarray(xb_host)
     yb = jnp.asarray(y[start:start + batch_size])
-    adv, pred = fn(clf, xb, yb, jax.random.fold_in(rng, i), **kwargs)
+    adv, pred = fn(clf, xb, yb, example_keys(rng, xb_host), **kwargs)
     outs.append(jax.device_get(_outcome(adv, xb, pred, yb, targeted)))
   if not outs:
     empty = np.zeros((0,), np.float32)

@@ -2,19 +2,23 @@
 
 Both minimise ||x' - x||_2^2 + c * f(x') over x' = (tanh(w) + 1) / 2 (which
 keeps x' in [0, 1]) with Adam, and binary-search c per example, keeping the
-successful x' with the smallest L2 distance. Success is decided by the generic
-distance decoding. Defaults follow cleverhans v2.1 as the paper used it
-(Table 2): learning rate 5e-3, 5 binary-search steps, 1000 iterations,
-confidence 0, abort early when the loss stops decreasing (checked every tenth of
-the iterations).
+successful x' with the smallest L2 distance. Every iterate is judged, and kept
+or not, by the generic distance decoding alone (cleverhans likewise keeps
+iterates by its `compare`, not by f). Each example is optimised as if alone:
+its own loss, abort-early test and stopping point (cleverhans runs CW one
+image at a time), so a result never depends on the other images of a batch.
+Defaults follow cleverhans v2.1 as the paper used it (Table 2): learning rate
+5e-3, 5 binary-search steps, 1000 iterations, confidence 0, abort early when an
+example's loss stops decreasing (checked every tenth of the iterations).
 
 f for `cw_l2` is the classic margin on the pre-activation outputs z, with the
 class's target representation t as the label vector, as cleverhans computes it:
   real = <t, z>,  other = max_j ((1 - t_j) z_j - 10000 t_j),
   f = max(other - real + confidence, 0)   (targeted; untargeted swaps them).
-With one-hot targets this is the textbook attack. With codewords it is what
-cleverhans does when handed codeword labels, which is how the paper's
-"CWL2 against R:TANH:MSE" rows were made.
+With one-hot targets this is the textbook attack. With codewords it is the
+objective cleverhans uses when handed codeword labels, which is how the
+paper's "CWL2 against R:TANH:MSE" rows were made: f rarely reaches 0 then
+(other is ~10000 max |t_j|), and untargeted its gradient is zero at x.
 
 f for `cw_l2_distance` uses the distances D of the outputs to the targets:
   f = max(D(o, t_y) - min_{i != y} D(o, t_i) + confidence, 0)   (targeted),
@@ -70,33 +74,46 @@ def _cw(clf, x, y, rng, initial_const, confidence, learning_rate, *, margin,
     l2 = jnp.sum(jnp.square(x_new - x), axis=axes)
     f = _f(clf, x_new, y, margin=margin, targeted=targeted,
            confidence=confidence)
-    return jnp.sum(l2 + const * f), (x_new, l2, f)
+    per_example = l2 + const * f
+    # The sum's gradient is each example's own gradient.
+    return jnp.sum(per_example), (per_example, x_new, l2)
 
   grad_fn = jax.value_and_grad(objective, has_aux=True)
 
   def search_round(const, best_l2, best_adv):
+    # Every example has its own loss, abort-early test and stopping point,
+    # as if it were attacked alone (cleverhans runs CW one image at a time):
+    # a stopped example's modifier and Adam moments are frozen.
 
     def inner(state):
       i, modifier, opt_state, prev, done, best_l2, best_adv, found = state
-      (loss, (x_new, l2, f)), g = grad_fn(modifier, const)
-      success = core.is_success(clf.predict(x_new), y, targeted) & (f <= 0)
+      (_, (loss, x_new, l2)), g = grad_fn(modifier, const)
+      # Kept by the decoding (cleverhans keeps iterates by its `compare`, not
+      # by f: f of the logit margin never reaches 0 for a codeword label).
+      success = core.is_success(clf.predict(x_new), y, targeted) & ~done
       best_l2, best_adv = core.keep_closest(success, x_new, l2, best_l2,
                                             best_adv)
-      updates, opt_state = tx.update(g, opt_state)
-      modifier = optax.apply_updates(modifier, updates)
+      updates, new_opt_state = tx.update(g, opt_state)
+      new_modifier = optax.apply_updates(modifier, updates)
+      modifier, opt_state = jax.tree.map(
+          lambda new, old: jnp.where(
+              done.reshape((b,) + (1,) * (old.ndim - 1)), old, new)
+          if old.ndim and old.shape[0] == b else new,
+          (new_modifier, new_opt_state), (modifier, opt_state))
       check = (i % check_every) == 0
       stalled = check & (loss > prev * 0.9999)
-      done = abort_early & stalled
+      done = done | (abort_early & stalled)
       prev = jnp.where(check, loss, prev)
       return (i + 1, modifier, opt_state, prev, done, best_l2, best_adv,
               found | success)
 
     def cond(state):
-      return (state[0] < max_iterations) & ~state[4]
+      return (state[0] < max_iterations) & ~jnp.all(state[4])
 
     modifier = jnp.zeros_like(x)
-    state = (jnp.array(0), modifier, tx.init(modifier), jnp.array(jnp.inf),
-             jnp.array(False), best_l2, best_adv, jnp.zeros((b,), bool))
+    state = (jnp.array(0), modifier, tx.init(modifier),
+             jnp.full((b,), jnp.inf, x.dtype), jnp.zeros((b,), bool),
+             best_l2, best_adv, jnp.zeros((b,), bool))
     *_, best_l2, best_adv, found = jax.lax.while_loop(cond, inner, state)
     return found, best_l2, best_adv
 

@@ -56,8 +56,10 @@ def _iterative(clf, x, y, rng, eps, eps_iter, decay, *, targeted, loss,
   """The shared loop; returns (adversarial images, their predictions)."""
   eps = jnp.asarray(eps, x.dtype)
   eps_iter = jnp.asarray(eps_iter, x.dtype)
-  if rand_init:
-    start = x + jax.random.uniform(rng, x.shape, x.dtype, -eps, eps)
+  if rand_init:  # rng: one key per example (core.example_keys).
+    noise = jax.vmap(lambda k: jax.random.uniform(
+        k, x.shape[1:], x.dtype, -eps, eps))(rng)
+    start = x + noise
     x_adv = jnp.clip(start, 0.0, 1.0)
   else:
     x_adv = x

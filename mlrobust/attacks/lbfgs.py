@@ -4,8 +4,9 @@ Minimises, per example, c * loss(x', target) + ||x' - x||_2^2 over the box
 [0, 1], with a binary search over c (5 steps) and up to 1000 L-BFGS iterations
 per step, keeping the closest successful x'. As in cleverhans v2.1 (which the
 paper used), c weighs the classification loss, so larger c means more
-aggressive attacks (success rises with c in the paper's Table 5), and the whole
-batch is one L-BFGS problem (the objective is a sum of per-example terms).
+aggressive attacks (success rises with c in the paper's Table 5). Each example
+is its own L-BFGS problem (cleverhans attacks one image at a time), vmapped
+over the batch, so a result never depends on the other images of a batch.
 cleverhans calls scipy's L-BFGS-B; here it is optax's L-BFGS with a zoom line
 search, projected onto the box after every step, so that the attack is one
 compiled program. The loss defaults to the model's training loss against the
@@ -25,7 +26,20 @@ from mlrobust.attacks import core
     'loss', 'binary_search_steps', 'max_iterations'))
 def _lbfgs(clf, x, y, rng, initial_const, *, loss, binary_search_steps,
            max_iterations):
+  """Each example is its own L-BFGS problem (vmapped), as if attacked alone."""
   del rng
+  solve = functools.partial(_solve_one, clf, initial_const=initial_const,
+                            loss=loss, binary_search_steps=binary_search_steps,
+                            max_iterations=max_iterations)
+  best_adv = jax.vmap(lambda xi, yi: solve(xi[None], yi[None])[0])(x, y)
+  best_adv = jax.lax.stop_gradient(best_adv)
+  return best_adv, clf.predict(best_adv)
+
+
+def _solve_one(clf, x, y, *, initial_const, loss, binary_search_steps,
+               max_iterations):
+  """The attack on one example (x [1, H, W, C]): its own line searches and
+  Hessian approximation."""
   axes = tuple(range(1, x.ndim))
   opt = optax.lbfgs()
 
@@ -50,10 +64,8 @@ def _lbfgs(clf, x, y, rng, initial_const, *, loss, binary_search_steps,
                                           best_adv)
     return success, best_l2, best_adv
 
-  best_adv = core.search_over_c(search_round, initial_const, x,
-                                binary_search_steps)
-  best_adv = jax.lax.stop_gradient(best_adv)
-  return best_adv, clf.predict(best_adv)
+  return core.search_over_c(search_round, initial_const, x,
+                            binary_search_steps)
 
 
 def lbfgs(clf, x, y, *, targeted=True, rng=None, initial_const=0.01,
