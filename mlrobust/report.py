@@ -7,8 +7,8 @@ reads the cell files of `--mode=evaluate` (W/eval/*.json) and the clean test
 accuracy (W/metrics.jsonl) of each workdir (or copy of one: only those files
 and the saved example images are read), and writes
 - DIR/report.md: Tables 3-7 laid out like the paper's, each cell "ours
-  (paper)", with the images per cell and any parameter that differs from the
-  paper's;
+  [95% Wilson interval] (paper)", with the images per cell and any parameter
+  that differs from the paper's;
 - DIR/<dataset>_table3.png, _table5.png: accuracy / success rate against the
   swept parameter, one line per model, the paper's values dashed;
 - DIR/<dataset>_figure1.png, _figure2.png, _figure3.png: clean images above
@@ -26,6 +26,7 @@ import numpy as np
 
 from mlrobust import models
 from mlrobust import paper_tables
+from mlrobust import stats
 from mlrobust import workdir as workdir_lib
 
 PRESETS = paper_tables.PRESETS
@@ -100,6 +101,15 @@ def _fmt(x, digits=3):
   return '–' if x is None else f'{x:.{digits}f}'
 
 
+def _ours(cell, key=None) -> str:
+  """A cell's rate with its 95% Wilson interval over its images."""
+  if cell is None:
+    return '–'
+  rate = cell[key or cell['metric']]
+  low, high = stats.rate_interval(rate, cell['num_examples'])
+  return f'{rate:.3f} [{low:.2f}, {high:.2f}]'
+
+
 def _group(runs):
   """{dataset: {preset: Run}}; two runs of one dataset and preset: error."""
   out = {}
@@ -168,9 +178,8 @@ def grid_table(groups, table_name: str) -> list[str]:
         for v in values:
           c = runs[preset].cell(attack, targeted, v)
           used.append(c)
-          ours = None if c is None else c[c['metric']]
           paper = _paper_value(table, dataset, preset, attack, v)
-          row.append(f'{_fmt(ours)} ({_fmt(paper)})')
+          row.append(f'{_ours(c)} ({_fmt(paper)})')
         lines.append(f'| {dataset} | {paper_tables.PAPER_NAMES[preset]} | ' +
                      ' | '.join(row) + ' |')
     lines.append(f'\nPer cell: {_setting_note(used) or "no results"}. '
@@ -209,8 +218,7 @@ def table6(groups) -> list[str]:
       for (attack, v), p in zip(paper_tables.TABLE6_ATTACKS, paper):
         c = runs[preset].cell(attack, False, v, transfer=True)
         used.append(c)
-        row.append(f'{_fmt(None if c is None else c["accuracy"])} '
-                   f'({_fmt(p)})')
+        row.append(f'{_ours(c, "accuracy")} ({_fmt(p)})')
       lines.append(f'| {dataset} | {paper_tables.PAPER_NAMES[preset]} | ' +
                    ' | '.join(row) + ' |')
   proxies = sorted({c['proxy_workdir'] for c in used if c})
@@ -239,8 +247,7 @@ def table7(groups) -> list[str]:
           cell = runs[preset].cell(attack, True, c)
           used.append(cell)
           p = paper.get(attack, (None, None))[i]
-          row.append(f'{_fmt(None if cell is None else cell["success_rate"])}'
-                     f' ({_fmt(p)})')
+          row.append(f'{_ours(cell, "success_rate")} ({_fmt(p)})')
       lines.append(f'| {dataset} | {paper_tables.PAPER_NAMES[preset]} | ' +
                    ' | '.join(row) + ' |')
   lines.append(f'\nPer cell: {_setting_note(used) or "no results"}. '
@@ -415,7 +422,8 @@ def render(workdirs, out_dir: str) -> str:
   groups = _group(runs)
   os.makedirs(out_dir, exist_ok=True)
   lines = ['# mlrobust evaluation report', '',
-           'Each cell: ours (paper). Paper values: Saito & Roy, Tables 3-7 '
+           'Each cell: ours [95% Wilson interval over its images] (paper). '
+           'Paper values: Saito & Roy, Tables 3-7 '
            '(`mlrobust/paper_tables.py`). Runs:', '']
   for r in runs:
     lines.append(f'- {r.dataset} {r.preset} ({r.model}, size {r.size}): '

@@ -14,6 +14,7 @@ from mlrobust import evaluate
 from mlrobust import grids
 from mlrobust import paper_tables
 from mlrobust import report
+from mlrobust import stats
 from mlrobust import train
 from mlrobust import workdir as workdir_lib
 from tests import conftest
@@ -270,7 +271,8 @@ def test_report_renders_tables_and_plots(trained, tmp_path):
   fgsm = next(c for c in result['cells'] if c['attack'] == 'fgsm' and
               c['value'] == 0.1)
   # Ours next to the paper's Table 3 value for the tanh_mse model on MNIST.
-  assert f"{fgsm['accuracy']:.3f} (0.918)" in text
+  low, high = stats.rate_interval(fgsm['accuracy'], 16)
+  assert f"{fgsm['accuracy']:.3f} [{low:.2f}, {high:.2f}] (0.918)" in text
   assert 'FGSM: 16 images' in text
   assert 'CWL2: 2 images, max_iterations=2' in text
   assert os.path.exists(os.path.join(out, 'mnist_table3.png'))
