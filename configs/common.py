@@ -135,6 +135,9 @@ def get_config(dataset: str, arg: str | None, num_classes: int = 10):
   c.attack.max_iter = config_dict.placeholder(int)
   c.attack.nb_candidate = config_dict.placeholder(int)
   c.attack.overshoot = config_dict.placeholder(float)
+  # 'decoding' (default) or 'cleverhans' (deepfool, cw_l2, cw_l2_distance,
+  # lbfgs: how cleverhans v2.1 treats a codeword head; see mlrobust/attacks).
+  c.attack.semantics = config_dict.placeholder(str)
   c.attack.batch_size = 128  # Images per compiled attack call.
   c.attack.seed = 0  # Random targets and PGD starts.
 

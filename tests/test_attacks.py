@@ -440,3 +440,78 @@ def test_the_loop_and_the_unrolled_gradient_attacks_agree(monkeypatch):
   monkeypatch.setattr(gradient, '_CPU_UNROLL_LIMIT', nb_iter)
   unrolled = attacks.pgd(clf, x, y, eps=0.2, eps_iter=0.01, nb_iter=nb_iter)
   np.testing.assert_allclose(looped.adv, unrolled.adv, atol=1e-5)
+
+
+def _cleverhans_deepfool(w, b, x, nb_candidate, overshoot, max_iter):
+  """cleverhans v2.1's deepfool_attack loop in numpy, for z = x W + b."""
+  flat = x.reshape(len(x), -1).astype(np.float64)
+  logits = lambda v: v @ w + b
+  r_tot = np.zeros_like(flat)
+  adv = flat.copy()
+  original = current = logits(adv).argmax(1)
+  iteration = 0
+  while np.any(current == original) and iteration < max_iter:
+    z = logits(adv)
+    top = np.argsort(-z, axis=1)[:, :nb_candidate]
+    for i in range(len(x)):
+      if current[i] != original[i]:
+        continue
+      pert, best = np.inf, None
+      for k in range(1, nb_candidate):
+        w_k = w[:, top[i, k]] - w[:, top[i, 0]]
+        f_k = z[i, top[i, k]] - z[i, top[i, 0]]
+        pert_k = (abs(f_k) + 1e-5) / np.linalg.norm(w_k)
+        if pert_k < pert:
+          pert, best = pert_k, w_k
+      r_tot[i] += pert * best / np.linalg.norm(best)
+    adv = np.clip(r_tot + flat, 0, 1)
+    current = logits(adv).argmax(1)
+    iteration += 1
+  return np.clip((1 + overshoot) * r_tot + flat, 0, 1).reshape(x.shape)
+
+
+def test_cleverhans_deepfool_matches_a_numpy_cleverhans_loop():
+  d, k = 8, 3  # A codeword head: d units, K classes.
+  codebook = heads.make_codebook(jax.random.key(1), k, d)
+  w = np.asarray(jax.random.normal(jax.random.key(2), (N_PIX, d)))
+  b = np.asarray(0.3 * jax.random.normal(jax.random.key(3), (d,)))
+  clf = classifier.from_function(
+      lambda x: x.reshape(len(x), -1) @ jnp.asarray(w, jnp.float32) +
+      jnp.asarray(b, jnp.float32), codebook, activation='tanh', loss='mse')
+  x = _mid_images(6, seed=9)
+  y = np.asarray(clf.predict(jnp.asarray(x)))
+  ours = attacks.deepfool(clf, x, y, nb_candidate=4, overshoot=0.02,
+                          max_iter=20, semantics='cleverhans')
+  ref = _cleverhans_deepfool(w, b, x, 4, 0.02, 20)
+  np.testing.assert_allclose(ours.adv, ref, atol=1e-4)
+  # The decoding semantics is a different attack on a codeword head.
+  decoding = attacks.deepfool(clf, x, y, nb_candidate=4, max_iter=20)
+  assert not np.allclose(decoding.adv, ours.adv, atol=1e-3)
+  # Success is judged by the decoding in both.
+  np.testing.assert_array_equal(
+      ours.success, np.asarray(clf.predict(jnp.asarray(ours.adv))) != y)
+
+
+@pytest.mark.parametrize('name', ['cw_l2', 'cw_l2_distance', 'lbfgs'])
+def test_semantics_agree_on_one_hot_heads_and_differ_on_codewords(name):
+  kwargs = dict(targeted=True, initial_const=1.0, binary_search_steps=2,
+                max_iterations=40)
+  clf, _, _ = _affine(seed=5, activation='softmax', loss='ce')
+  x = _mid_images(4, seed=2)
+  t = np.asarray(attacks.random_targets(
+      jax.random.key(1), np.asarray(clf.predict(jnp.asarray(x))), 3))
+  fn = attacks.get(name)
+  a = fn(clf, x, t, semantics='decoding', **kwargs)
+  b = fn(clf, x, t, semantics='cleverhans', **kwargs)
+  np.testing.assert_allclose(a.adv, b.adv, atol=1e-6)
+  # On a codeword head cleverhans keeps iterates by argmax z == argmax t_y,
+  # which is not the decoding: the returned success is the decoding's.
+  clf = _codeword_linear(scale=1.0, bias=0.0)
+  x = np.asarray(jax.random.uniform(jax.random.key(5), (6, *SHAPE)))
+  t = np.asarray(attacks.random_targets(
+      jax.random.key(6), np.asarray(clf.predict(jnp.asarray(x))), 4))
+  c = fn(clf, x, t, semantics='cleverhans', **kwargs)
+  np.testing.assert_array_equal(
+      c.success, np.asarray(clf.predict(jnp.asarray(c.adv))) == t)
+  with pytest.raises(ValueError, match='unknown semantics'):
+    fn(clf, x, t, semantics='foolbox', **kwargs)

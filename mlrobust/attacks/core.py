@@ -60,6 +60,20 @@ def is_success(prediction: jax.Array, y: jax.Array,
   return prediction == y if targeted else prediction != y
 
 
+def cleverhans_success(clf: classifier_lib.Classifier, x: jax.Array,
+                       y: jax.Array, targeted: bool,
+                       confidence=0.0) -> jax.Array:
+  """cleverhans v2.1's `compare` [B]: argmax of the logits z against the
+  argmax of the label vector t = targets[y] (a codeword's largest unit), with
+  the confidence margin, as its CW and L-BFGS attacks judge iterates."""
+  z = clf.logits(x)
+  unit = jnp.argmax(clf.targets[y], axis=1)
+  hit = jax.nn.one_hot(unit, z.shape[1], dtype=z.dtype)
+  if targeted:
+    return jnp.argmax(z - confidence * hit, axis=1) == unit
+  return jnp.argmax(z + confidence * hit, axis=1) != unit
+
+
 def per_example_norms(delta: jax.Array):
   flat = delta.reshape(delta.shape[0], -1)
   return jnp.linalg.norm(flat, axis=1), jnp.max(jnp.abs(flat), axis=1)
@@ -128,11 +142,23 @@ PARAM_RULES = {
 }
 
 
+# How an attack chooses candidates and judges its iterates: 'decoding' (the
+# generic distance decoding, the meaningful attack) or 'cleverhans' (what
+# cleverhans v2.1 computes when a head's d pre-activations are handed to it as
+# logits and codewords as labels: how the paper's tables were made). The
+# final adversarial image is always classified by the decoding.
+SEMANTICS = ('decoding', 'cleverhans')
+
+
 def check_values(**params) -> None:
   """Raises ValueError for any attack parameter outside its allowed values."""
   for name, value in params.items():
     if name == 'loss':
       check_loss(value)
+    elif name == 'semantics':
+      if value not in SEMANTICS:
+        raise ValueError(f'unknown semantics {value!r}; choose one of '
+                         f'{list(SEMANTICS)}')
     elif name in PARAM_RULES:
       check_param(name, value, **PARAM_RULES[name])
 

@@ -59,9 +59,10 @@ def _f(clf, x_new, y, *, margin, targeted, confidence):
 
 @functools.partial(jax.jit, static_argnames=(
     'margin', 'targeted', 'binary_search_steps', 'max_iterations',
-    'abort_early'))
+    'abort_early', 'cleverhans'))
 def _cw(clf, x, y, rng, initial_const, confidence, learning_rate, *, margin,
-        targeted, binary_search_steps, max_iterations, abort_early):
+        targeted, binary_search_steps, max_iterations, abort_early,
+        cleverhans=False):
   del rng
   b = x.shape[0]
   axes = tuple(range(1, x.ndim))
@@ -90,7 +91,11 @@ def _cw(clf, x, y, rng, initial_const, confidence, learning_rate, *, margin,
       (_, (loss, x_new, l2)), g = grad_fn(modifier, const)
       # Kept by the decoding (cleverhans keeps iterates by its `compare`, not
       # by f: f of the logit margin never reaches 0 for a codeword label).
-      success = core.is_success(clf.predict(x_new), y, targeted) & ~done
+      if cleverhans:
+        success = core.cleverhans_success(clf, x_new, y, targeted, confidence)
+      else:
+        success = core.is_success(clf.predict(x_new), y, targeted)
+      success = success & ~done
       best_l2, best_adv = core.keep_closest(success, x_new, l2, best_l2,
                                             best_adv)
       updates, new_opt_state = tx.update(g, opt_state)
@@ -125,16 +130,17 @@ def _cw(clf, x, y, rng, initial_const, confidence, learning_rate, *, margin,
 
 def _attack(clf, x, y, *, margin, targeted, rng, initial_const, confidence,
             learning_rate, binary_search_steps, max_iterations, abort_early,
-            batch_size):
+            semantics, batch_size):
   core.check_values(initial_const=initial_const, confidence=confidence,
                     learning_rate=learning_rate,
                     binary_search_steps=binary_search_steps,
-                    max_iterations=max_iterations)
+                    max_iterations=max_iterations, semantics=semantics)
   x, y = core.check_inputs(clf, x, y, targeted=targeted)
   fn = functools.partial(_cw, margin=margin, targeted=targeted,
                          binary_search_steps=binary_search_steps,
                          max_iterations=max_iterations,
-                         abort_early=bool(abort_early))
+                         abort_early=bool(abort_early),
+                         cleverhans=semantics == 'cleverhans')
   return core.run_batched(
       lambda clf, x, y, key: fn(clf, x, y, key, initial_const, confidence,
                                 learning_rate),
@@ -144,7 +150,7 @@ def _attack(clf, x, y, *, margin, targeted, rng, initial_const, confidence,
 
 def cw_l2(clf, x, y, *, targeted=False, rng=None, initial_const=0.01,
           confidence=0.0, learning_rate=5e-3, binary_search_steps=5,
-          max_iterations=1000, abort_early=True,
+          max_iterations=1000, abort_early=True, semantics='decoding',
           batch_size=None) -> core.AttackResult:
   """Carlini-Wagner L2 with the classic margin on pre-activations (see module).
 
@@ -160,7 +166,12 @@ def cw_l2(clf, x, y, *, targeted=False, rng=None, initial_const=0.01,
     learning_rate: Adam's step size.
     binary_search_steps: rounds of the search over c.
     max_iterations: Adam steps per round.
-    abort_early: stop a round when the loss stops decreasing.
+    abort_early: stop an example's round when its loss stops decreasing.
+    semantics: how iterates are kept: 'decoding' (the default: the generic
+      decoding reaches the goal) or 'cleverhans' (cleverhans v2.1's
+      `compare`: argmax of the logits against the argmax of the target's
+      representation; the same for one-hot heads). The returned success is
+      always the decoding's.
     batch_size: examples per compiled call (None: all at once).
   Returns:
     An AttackResult; a failed example is returned unchanged (x).
@@ -170,12 +181,13 @@ def cw_l2(clf, x, y, *, targeted=False, rng=None, initial_const=0.01,
                  learning_rate=learning_rate,
                  binary_search_steps=binary_search_steps,
                  max_iterations=max_iterations, abort_early=abort_early,
-                 batch_size=batch_size)
+                 semantics=semantics, batch_size=batch_size)
 
 
 def cw_l2_distance(clf, x, y, *, targeted=False, rng=None, initial_const=0.01,
                    confidence=0.0, learning_rate=5e-3, binary_search_steps=5,
                    max_iterations=1000, abort_early=True,
+                   semantics='decoding',
                    batch_size=None) -> core.AttackResult:
   """Saito & Roy's CW-L2 with a margin of distances to the targets.
 
@@ -186,4 +198,4 @@ def cw_l2_distance(clf, x, y, *, targeted=False, rng=None, initial_const=0.01,
                  learning_rate=learning_rate,
                  binary_search_steps=binary_search_steps,
                  max_iterations=max_iterations, abort_early=abort_early,
-                 batch_size=batch_size)
+                 semantics=semantics, batch_size=batch_size)

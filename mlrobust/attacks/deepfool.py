@@ -30,9 +30,19 @@ from mlrobust.attacks import core
 SCORES = ('auto', 'logits', 'distance')
 
 
-@functools.partial(jax.jit, static_argnames=('nb_candidate', 'use_logits'))
+@functools.partial(jax.jit, static_argnames=('nb_candidate', 'use_logits',
+                                             'cleverhans'))
 def _deepfool(clf, x, y, rng, overshoot, max_iter, *, nb_candidate,
-              use_logits):
+              use_logits, cleverhans):
+  """The DeepFool loop; per-example stopping.
+
+  decoding: the candidates are the top classes by score at x, their scores
+  (minus half squared distances, or logits) are linearised, and an example
+  stops when its decoded class changes. cleverhans: the candidates are the
+  top `nb_candidate` of the d pre-activation units, re-picked at every
+  iterate, and an example stops when its argmax unit changes (cleverhans
+  v2.1's DeepFool handed the d outputs of a codeword head as logits).
+  """
   del y, rng
   b = x.shape[0]
   pixel_axes = tuple(range(1, x.ndim))
@@ -42,11 +52,22 @@ def _deepfool(clf, x, y, rng, overshoot, max_iter, *, nb_candidate,
       return clf.logits(x)
     return -0.5 * heads.squared_distances(clf.outputs(x), clf.targets)
 
-  candidates = jax.lax.top_k(clf.scores(x), nb_candidate)[1]  # [B, nc]
-  original = candidates[:, 0]
+  if cleverhans:
+    original = jnp.argmax(clf.logits(x), axis=1)
 
-  def candidate_scores(x):
-    return jnp.take_along_axis(half_sq_scores(x), candidates, axis=1)
+    def candidate_scores(x):
+      return jax.lax.top_k(clf.logits(x), nb_candidate)[0]
+
+    def label(x):
+      return jnp.argmax(clf.logits(x), axis=1)
+  else:
+    candidates = jax.lax.top_k(clf.scores(x), nb_candidate)[1]  # [B, nc]
+    original = candidates[:, 0]
+
+    def candidate_scores(x):
+      return jnp.take_along_axis(half_sq_scores(x), candidates, axis=1)
+
+    label = clf.predict
 
   def body(carry):
     i, r_tot, active = carry
@@ -68,7 +89,7 @@ def _deepfool(clf, x, y, rng, overshoot, max_iter, *, nb_candidate,
     r_i = scale.reshape((b,) + (1,) * (x.ndim - 1)) * w_best
     mask = active.reshape((b,) + (1,) * (x.ndim - 1))
     r_tot = r_tot + jnp.where(mask, r_i, 0.0)
-    still = clf.predict(jnp.clip(x + r_tot, 0.0, 1.0)) == original
+    still = label(jnp.clip(x + r_tot, 0.0, 1.0)) == original
     return i + 1, r_tot, active & still
 
   def cond(carry):
@@ -91,6 +112,7 @@ def _decodes_as_argmax_of_logits(clf) -> bool:
 
 def deepfool(clf, x, y, *, targeted=False, rng=None, nb_candidate=10,
              overshoot=0.02, max_iter=50, scores='auto',
+             semantics='decoding',
              batch_size=None) -> core.AttackResult:
   """Untargeted DeepFool.
 
@@ -107,6 +129,12 @@ def deepfool(clf, x, y, *, targeted=False, rng=None, nb_candidate=10,
     scores: what is linearised: 'distance' (minus half squared distances),
       'logits' (pre-activations; only valid where the decoding is their
       argmax) or 'auto' (see module docstring).
+    semantics: 'decoding' (the default: candidates and stopping by the
+      generic decoding) or 'cleverhans' (what cleverhans v2.1 computes when
+      the d pre-activations are handed to it as logits: the top units,
+      re-picked each step, stopping when the argmax unit changes; the same as
+      'decoding' with logits for one-hot heads, up to the candidates being
+      re-picked). Success is always judged by the decoding.
     batch_size: examples per compiled call (None: all at once).
   """
   if targeted:
@@ -121,9 +149,13 @@ def deepfool(clf, x, y, *, targeted=False, rng=None, nb_candidate=10,
                      "or identity head (the decoding must be the argmax of "
                      "the logits)")
   use_logits = scores == 'logits' or (scores == 'auto' and argmax_logits)
+  core.check_values(semantics=semantics)
   x, y = core.check_inputs(clf, x, y, targeted=False)
-  nc = min(nb_candidate, clf.num_classes)
-  fn = functools.partial(_deepfool, nb_candidate=nc, use_logits=use_logits)
+  cleverhans = semantics == 'cleverhans'
+  width = clf.targets.shape[1] if cleverhans else clf.num_classes
+  nc = min(nb_candidate, width)
+  fn = functools.partial(_deepfool, nb_candidate=nc, use_logits=use_logits,
+                         cleverhans=cleverhans)
   return core.run_batched(
       lambda clf, x, y, key: fn(clf, x, y, key, overshoot, max_iter), clf, x,
       y, batch_size=batch_size, targeted=False, rng=core.default_rng(rng))

@@ -23,21 +23,22 @@ from mlrobust.attacks import core
 
 
 @functools.partial(jax.jit, static_argnames=(
-    'loss', 'binary_search_steps', 'max_iterations'))
+    'loss', 'binary_search_steps', 'max_iterations', 'cleverhans'))
 def _lbfgs(clf, x, y, rng, initial_const, *, loss, binary_search_steps,
-           max_iterations):
+           max_iterations, cleverhans=False):
   """Each example is its own L-BFGS problem (vmapped), as if attacked alone."""
   del rng
   solve = functools.partial(_solve_one, clf, initial_const=initial_const,
                             loss=loss, binary_search_steps=binary_search_steps,
-                            max_iterations=max_iterations)
+                            max_iterations=max_iterations,
+                            cleverhans=cleverhans)
   best_adv = jax.vmap(lambda xi, yi: solve(xi[None], yi[None])[0])(x, y)
   best_adv = jax.lax.stop_gradient(best_adv)
   return best_adv, clf.predict(best_adv)
 
 
 def _solve_one(clf, x, y, *, initial_const, loss, binary_search_steps,
-               max_iterations):
+               max_iterations, cleverhans):
   """The attack on one example (x [1, H, W, C]): its own line searches and
   Hessian approximation."""
   axes = tuple(range(1, x.ndim))
@@ -58,7 +59,10 @@ def _solve_one(clf, x, y, *, initial_const, loss, binary_search_steps,
       return x_new, opt_state
 
     x_new, _ = jax.lax.fori_loop(0, max_iterations, step, (x, opt.init(x)))
-    success = clf.predict(x_new) == y
+    if cleverhans:
+      success = core.cleverhans_success(clf, x_new, y, True)
+    else:
+      success = clf.predict(x_new) == y
     l2 = jnp.sum(jnp.square(x_new - x), axis=axes)
     best_l2, best_adv = core.keep_closest(success, x_new, l2, best_l2,
                                           best_adv)
@@ -70,7 +74,7 @@ def _solve_one(clf, x, y, *, initial_const, loss, binary_search_steps,
 
 def lbfgs(clf, x, y, *, targeted=True, rng=None, initial_const=0.01,
           binary_search_steps=5, max_iterations=1000, loss='train',
-          batch_size=None) -> core.AttackResult:
+          semantics='decoding', batch_size=None) -> core.AttackResult:
   """Targeted L-BFGS attack (see module docstring).
 
   Args:
@@ -83,6 +87,10 @@ def lbfgs(clf, x, y, *, targeted=True, rng=None, initial_const=0.01,
     binary_search_steps: rounds of the search over c.
     max_iterations: L-BFGS iterations per round.
     loss: attack loss, one of core.ATTACK_LOSSES.
+    semantics: 'decoding' (the default: a round succeeds when the decoding
+      gives the target) or 'cleverhans' (cleverhans v2.1's check: argmax of
+      the logits equals the argmax of the target's representation). The
+      returned success is always the decoding's.
     batch_size: examples per compiled call (None: all at once).
   Returns:
     An AttackResult; a failed example is returned unchanged (x).
@@ -92,11 +100,13 @@ def lbfgs(clf, x, y, *, targeted=True, rng=None, initial_const=0.01,
                      'classes as y')
   core.check_values(initial_const=initial_const,
                     binary_search_steps=binary_search_steps,
-                    max_iterations=max_iterations, loss=loss)
+                    max_iterations=max_iterations, loss=loss,
+                    semantics=semantics)
   x, y = core.check_inputs(clf, x, y, targeted=True)
   fn = functools.partial(_lbfgs, loss=loss,
                          binary_search_steps=binary_search_steps,
-                         max_iterations=max_iterations)
+                         max_iterations=max_iterations,
+                         cleverhans=semantics == 'cleverhans')
   return core.run_batched(
       lambda clf, x, y, key: fn(clf, x, y, key, initial_const), clf, x, y,
       batch_size=batch_size, targeted=True, rng=core.default_rng(rng))

@@ -33,7 +33,8 @@ UNTARGETED_ONLY = ('deepfool',)
 # The attack parameters a config or a grid may set (config.attack.<field>).
 PARAM_FIELDS = ('loss', 'eps', 'eps_iter', 'nb_iter', 'decay', 'initial_const',
                 'binary_search_steps', 'max_iterations', 'learning_rate',
-                'confidence', 'max_iter', 'nb_candidate', 'overshoot')
+                'confidence', 'max_iter', 'nb_candidate', 'overshoot',
+                'semantics')
 INT_PARAMS = ('nb_iter', 'binary_search_steps', 'max_iterations', 'max_iter',
               'nb_candidate')
 
