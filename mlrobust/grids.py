@@ -11,8 +11,10 @@ Fields of an entry: `table` (the preset it belongs to, e.g. 'table3'),
 `images` (test images per cell; None takes `config.eval.images.<family>` of
 the attack; 0 = the whole test split), `transfer` (crafted on
 `config.eval.proxy_workdir` and only classified by the evaluated model: the
-paper's Table 6) and `ladder` (run the param_values in order and stop at the
-first that reaches 100% success: the paper's Figure 1). `config.eval.tables`
+paper's Table 6), `ladder` (run the param_values in order and stop at the
+first that reaches 100% success: the paper's Figure 1) and `semantics`
+('decoding' or 'cleverhans', for the attacks in CLEVERHANS_ATTACKS; a
+non-default semantics is part of the cell id). `config.eval.tables`
 selects the tables whose entries run; `paper_entries` gives the paper's
 Tables 3, 5, 6, 7 and the Figure 1 ladder. Every field can be overridden from
 the command line, e.g. `--config.eval.grids.table3_pgd.images=100`,
@@ -45,12 +47,14 @@ PAPER_TABLES = ('table3', 'table5', 'table6', 'table7', 'figure1')
 FIGURE1_EPS = (0.01, 0.02, 0.03, 0.04, 0.06, 0.08, 0.1, 0.15, 0.2, 0.25, 0.3,
                0.35, 0.4, 0.5)
 SHORTHAND_TABLE = 'grid'
+# The attacks that take `semantics` (see mlrobust.attacks.core.SEMANTICS).
+CLEVERHANS_ATTACKS = ('deepfool', 'cw_l2', 'cw_l2_distance', 'lbfgs')
 
 
 def entry(table: str, attack: str, *, targeted: bool, param: str,
-          param_values,
-          images: int | None = None, transfer: bool = False,
-          ladder: bool = False) -> config_dict.ConfigDict:
+          param_values, images: int | None = None, transfer: bool = False,
+          ladder: bool = False,
+          semantics: str = 'decoding') -> config_dict.ConfigDict:
   """One grid entry (see the module docstring)."""
   e = config_dict.ConfigDict()
   e.table = table
@@ -62,16 +66,20 @@ def entry(table: str, attack: str, *, targeted: bool, param: str,
   e.images = images
   e.transfer = transfer
   e.ladder = ladder
+  e.semantics = semantics
   return e
 
 
-def paper_entries(*, with_table7: bool = True,
+def paper_entries(*, with_table7: bool = True, with_cleverhans: bool = False,
                   figure1_eps=FIGURE1_EPS) -> config_dict.ConfigDict:
   """The paper's grids as entries: Tables 3, 5, 6, 7 and the Figure 1 ladder.
 
   Swept values are the paper's Table 1 (its MNIST values, the same for every
   dataset); constant parameters are the attacks' defaults (its Table 2).
   Table 7 has the softmax_ce and tanh_mse models only (`with_table7`).
+  `with_cleverhans` adds, for the attacks whose cleverhans semantics differs
+  on a codeword head (DeepFool, CW, CW-distance, L-BFGS), the same grids
+  under `semantics='cleverhans'` (entries named `<entry>_cleverhans`).
   """
   grids = config_dict.ConfigDict()
   for table, source, targeted in (('table3', paper_tables.TABLE3, False),
@@ -91,6 +99,13 @@ def paper_entries(*, with_table7: bool = True,
           param_values=paper_tables.TABLE7_CONSTS)
   grids.figure1_pgd = entry('figure1', 'pgd', targeted=True, param='eps',
                             param_values=figure1_eps, ladder=True)
+  if with_cleverhans:
+    for name in list(grids):
+      e = grids[name]
+      if e.attack in CLEVERHANS_ATTACKS and not e.transfer:
+        twin = e.copy_and_resolve_references()
+        twin.semantics = 'cleverhans'
+        grids[f'{name}_cleverhans'] = twin
   return grids
 
 
@@ -147,6 +162,10 @@ def check_entry(e) -> None:
                      f'{e.images}')
   if e.ladder and e.transfer:
     raise ValueError('an entry is a ladder or a transfer, not both')
+  attacks.check_values(semantics=e.semantics)
+  if e.semantics != 'decoding' and e.attack not in CLEVERHANS_ATTACKS:
+    raise ValueError(f"{e.attack} has one semantics; 'cleverhans' is for "
+                     f'{list(CLEVERHANS_ATTACKS)}')
 
 
 def selected(eval_config) -> list[tuple[str, config_dict.ConfigDict]]:
@@ -244,6 +263,8 @@ def plan(eval_config, num_test: int, *, proxy_name: str | None = None):
       continue
     n = num_images(eval_config, e, num_test)
     fixed = () if e.ladder else fixed_params(eval_config, e.attack)
+    if e.semantics != 'decoding':  # In the cell id; decoding ids unchanged.
+      fixed += (('semantics', e.semantics),)
     row = [Cell(e.attack, e.targeted, e.param, v, n, fixed,
                 proxy_name if e.transfer else None) for v in e.param_values]
     if e.ladder:

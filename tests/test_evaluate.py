@@ -31,6 +31,13 @@ def test_attack_defaults_are_the_papers_table2():
 def test_paper_plan_has_the_papers_grids():
   config = smoke_config('tanh_mse')
   cells, ladders = grids.plan(config.eval, 10_000, proxy_name='ce')
+  # A codeword head also runs DeepFool, CW, CW-distance and L-BFGS under the
+  # cleverhans semantics, in cells of their own.
+  cleverhans = [c for c in cells if ('semantics', 'cleverhans') in c.fixed]
+  assert {c.attack for c in cleverhans} == set(grids.CLEVERHANS_ATTACKS)
+  assert len(cleverhans) == 4 + 4 + 4 + 4 + 2  # Tables 3, 5 and 7's own.
+  assert all('semantics=cleverhans' in c.id for c in cleverhans)
+  cells = [c for c in cells if c not in cleverhans]
   untargeted = [c for c in cells if not c.targeted and not c.transfer_from]
   targeted = [c for c in cells if c.targeted]
   assert len(untargeted) == 6 * 4  # Table 3.
@@ -299,3 +306,21 @@ def test_report_splices_tables_between_markers(trained, tmp_path):
   with pytest.raises(ValueError, match='markers'):
     report.write_report([workdir], str(tmp_path / 'r'),
                         splice_into=str(tmp_path / 'bad.md'))
+
+
+def test_cells_under_the_cleverhans_semantics_are_cells_of_their_own(trained):
+  config, workdir = trained
+  config = config.copy_and_resolve_references()
+  for sem in ('decoding', 'cleverhans'):
+    config.eval.grids[f'mine_{sem}'] = grids.entry(
+        'mine', 'deepfool', targeted=False, param='max_iter',
+        param_values=(3,), images=4, semantics=sem)
+  config.eval.tables = ('mine',)
+  result = evaluate.run_evaluate(config, workdir)
+  params = sorted(c['params']['semantics'] for c in result['cells'])
+  assert params == ['cleverhans', 'decoding']
+  files = sorted(f for f in os.listdir(os.path.join(workdir, 'eval'))
+                 if f.endswith('.json'))
+  assert files == ['deepfool_untargeted_max_iter=3_n=4.json',
+                   'deepfool_untargeted_max_iter=3_semantics=cleverhans_n=4'
+                   '.json']
