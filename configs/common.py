@@ -141,6 +141,8 @@ def get_config(dataset: str, arg: str | None, num_classes: int = 10):
   # 'decoding' (default) or 'cleverhans' (deepfool, cw_l2, cw_l2_distance,
   # lbfgs: how cleverhans v2.1 treats a codeword head; see mlrobust/attacks).
   c.attack.semantics = config_dict.placeholder(str)
+  c.attack.n_iter = config_dict.placeholder(int)  # apgd
+  c.attack.rho = config_dict.placeholder(float)  # apgd
   c.attack.batch_size = 128  # Images per compiled attack call.
   c.attack.seed = 0  # Random targets and PGD starts.
 

@@ -10,6 +10,7 @@ rate (targeted), the perturbation sizes, the exact parameters used and what it
 was computed on (checkpoint step, model fingerprint, test-image digest).
 """
 
+import inspect
 import os
 import time
 
@@ -55,9 +56,11 @@ def _run_attack(config, workdir, params):
                dataset_name, a.name, 'targeted' if a.targeted else
                'untargeted', params)
   start = time.time()
-  result = attacks.get(a.name)(clf, x, goal, targeted=a.targeted,
-                               rng=attack_key, batch_size=a.batch_size,
-                               **params)
+  fn = attacks.get(a.name)
+  extra = ({'labels': labels} if a.targeted and
+           'labels' in inspect.signature(fn).parameters else {})
+  result = fn(clf, x, goal, targeted=a.targeted, rng=attack_key,
+              batch_size=a.batch_size, **params, **extra)
   wall = time.time() - start
   summary = {
       'dataset': dataset_name, 'preset': workdir_lib.run_label(config),

@@ -42,6 +42,7 @@ as the target), by the model's own decoding.
 """
 
 import dataclasses
+import inspect
 import os
 import time
 
@@ -224,9 +225,11 @@ def _run_evaluate(config, workdir):
                     proxy_accuracy=proxy_acc)
     else:
       start = time.time()
-      result = attacks.get(cell.attack)(clf, x, goal, targeted=cell.targeted,
-                                        rng=rng, batch_size=batch_size,
-                                        **cell.params)
+      fn = attacks.get(cell.attack)
+      extra = ({'labels': labels} if cell.targeted and
+               'labels' in inspect.signature(fn).parameters else {})
+      result = fn(clf, x, goal, targeted=cell.targeted, rng=rng,
+                  batch_size=batch_size, **cell.params, **extra)
       wall = time.time() - start
     record.update(attacks.summarize(result, labels, cell.targeted))
     record['success_rate'] = float(np.mean(result.success))

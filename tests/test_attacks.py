@@ -515,3 +515,58 @@ def test_semantics_agree_on_one_hot_heads_and_differ_on_codewords(name):
       c.success, np.asarray(clf.predict(jnp.asarray(c.adv))) == t)
   with pytest.raises(ValueError, match='unknown semantics'):
     fn(clf, x, t, semantics='foolbox', **kwargs)
+
+
+def test_apgd_checkpoints_are_the_papers():
+  from mlrobust.attacks import auto_pgd  # pylint: disable=g-import-not-at-top
+  # p = 0, 0.22, 0.41, 0.57, 0.70, 0.80, 0.87, 0.93, 0.99 (Croce & Hein).
+  assert auto_pgd.checkpoints(100) == [0, 22, 41, 57, 70, 80, 87, 93, 99]
+
+
+def test_dlr_loss_by_hand():
+  from mlrobust.attacks import core  # pylint: disable=g-import-not-at-top
+  s = jnp.array([[3.0, 1.0, 2.0, -1.0], [0.5, 4.0, 1.0, 2.0]])
+  y = jnp.array([0, 2])
+  # Untargeted: -(s_y - max other) / (s_pi1 - s_pi3).
+  np.testing.assert_allclose(core.dlr_loss(s, y),
+                             [-(3 - 2) / (3 - 1), -(1 - 4) / (4 - 1)],
+                             rtol=1e-6)
+  # Targeted: -(s_y - s_t) / (s_pi1 - (s_pi3 + s_pi4) / 2).
+  t = jnp.array([2, 1])
+  np.testing.assert_allclose(
+      core.dlr_loss(s, y, t), [-(3 - 2) / (3 - 0), -(1 - 4) / (4 - 0.75)],
+      rtol=1e-6)
+  # Invariant to a shift and a positive scale of the scores.
+  np.testing.assert_allclose(core.dlr_loss(5 * s + 2, y), core.dlr_loss(s, y),
+                             rtol=1e-5)
+
+
+@pytest.mark.parametrize('loss', ['ce', 'dlr'])
+def test_apgd_is_at_least_as_strong_as_pgd_and_stays_in_the_ball(loss):
+  clf, x, y = _trained_mlp()
+  x, y = x[:100], y[:100]
+  eps = 0.08
+  pgd = attacks.pgd(clf, x, y, eps=eps, eps_iter=eps / 10, nb_iter=20)
+  result = attacks.apgd(clf, x, y, eps=eps, n_iter=50, loss=loss)
+  assert np.all(np.abs(result.adv - x) <= eps + 1e-6)
+  assert result.adv.min() >= 0 and result.adv.max() <= 1
+  assert np.mean(result.prediction == y) <= np.mean(pgd.prediction == y)
+  np.testing.assert_array_equal(
+      result.success, np.asarray(clf.predict(jnp.asarray(result.adv))) != y)
+  # Batch independence.
+  alone = attacks.apgd(clf, x[:3], y[:3], eps=eps, n_iter=50, loss=loss)
+  np.testing.assert_allclose(alone.adv, result.adv[:3], atol=1e-5)
+
+
+def test_targeted_apgd_reaches_targets():
+  clf, x, y = _trained_mlp()
+  x, y = x[:50], y[:50]
+  clf4 = clf  # 3 classes: the targeted DLR needs 4; use CE.
+  t = np.asarray(attacks.random_targets(jax.random.key(0), y, 3))
+  result = attacks.apgd(clf4, x, t, targeted=True, labels=y, eps=0.3,
+                        n_iter=30, loss='ce')
+  assert result.success.mean() > 0.5
+  with pytest.raises(ValueError, match='at least 4 classes'):
+    attacks.apgd(clf4, x, t, targeted=True, labels=y, loss='dlr')
+  with pytest.raises(ValueError, match='needs the true labels'):
+    attacks.apgd(clf4, x, t, targeted=True)

@@ -32,6 +32,7 @@ are cleverhans v2.1's, as Saito & Roy used them (their Table 2). The registry
 `summarize`) is in `registry.py`.
 """
 
+from mlrobust.attacks.auto_pgd import apgd
 from mlrobust.attacks.core import ATTACK_LOSSES
 from mlrobust.attacks.core import AttackResult
 from mlrobust.attacks.core import check_values

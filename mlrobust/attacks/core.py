@@ -19,8 +19,9 @@ from mlrobust import classifier as classifier_lib
 # Losses of the gradient attacks. 'train': the model's own training loss
 # against the target representation (cross-entropy for CE models, MSE for MSE
 # models; Saito & Roy Section 4.3.2). 'ce': cross-entropy on the class scores.
-# 'margin': best other class score minus the class's score.
-ATTACK_LOSSES = ('train', 'ce', 'margin')
+# 'margin': best other class score minus the class's score. 'dlr': the margin
+# divided by the spread of the top scores (Croce & Hein 2020; `dlr_loss`).
+ATTACK_LOSSES = ('train', 'ce', 'margin', 'dlr')
 
 
 class AttackResult(NamedTuple):
@@ -43,8 +44,28 @@ def attack_loss(clf: classifier_lib.Classifier, x: jax.Array, y: jax.Array,
                                 axis=1)[:, 0]
   if name == 'margin':
     return margin(scores, y)
+  if name == 'dlr':
+    return dlr_loss(scores, y)
   raise ValueError(f'unknown attack loss {name!r}; choose one of '
                    f'{list(ATTACK_LOSSES)}')
+
+
+def dlr_loss(scores, y, target=None):
+  """Difference-of-logits ratio [B] on class scores (Croce & Hein 2020).
+
+  Untargeted: -(s_y - max_{i != y} s_i) / (s_pi1 - s_pi3 + 1e-12), with
+  s_pi1 >= s_pi2 >= ... the sorted scores; targeted (target given):
+  -(s_y - s_t) / (s_pi1 - (s_pi3 + s_pi4) / 2 + 1e-12). Attacks ascend it.
+  Invariant to shifting and scaling the scores.
+  """
+  k = scores.shape[1]
+  srt = jnp.sort(scores, axis=1)[:, ::-1]
+  own = jnp.take_along_axis(scores, y[:, None], axis=1)[:, 0]
+  if target is None:
+    others = jnp.where(jax.nn.one_hot(y, k, dtype=bool), -jnp.inf, scores)
+    return -(own - jnp.max(others, axis=1)) / (srt[:, 0] - srt[:, 2] + 1e-12)
+  tgt = jnp.take_along_axis(scores, target[:, None], axis=1)[:, 0]
+  return -(own - tgt) / (srt[:, 0] - (srt[:, 2] + srt[:, 3]) / 2 + 1e-12)
 
 
 def margin(scores: jax.Array, y: jax.Array) -> jax.Array:
@@ -184,10 +205,13 @@ def example_keys(rng: jax.Array, x: np.ndarray) -> jax.Array:
 
 def run_batched(fn: Callable, clf, x: np.ndarray, y: np.ndarray, *,
                 batch_size: int | None, targeted: bool, rng: jax.Array,
+                extra: np.ndarray | None = None,
                 **kwargs) -> AttackResult:
   """Runs the jitted `fn(clf, x, y, keys, **kwargs) -> adv` over batches.
 
-  `keys` [b] are the examples' own keys (`example_keys`). Each batch's
+  `keys` [b] are the examples' own keys (`example_keys`); with `extra` (one
+  more per-example array), `fn(clf, x, y, keys, extra, **kwargs)`. Each
+  batch's
   adversarial images are copied to the host before the next batch starts, so
   memory is bounded by one batch.
   """
@@ -199,7 +223,10 @@ def run_batched(fn: Callable, clf, x: np.ndarray, y: np.ndarray, *,
     xb_host = x[start:start + batch_size]
     xb = jnp.asarray(xb_host)
     yb = jnp.asarray(y[start:start + batch_size])
-    adv, pred = fn(clf, xb, yb, example_keys(rng, xb_host), **kwargs)
+    args = (clf, xb, yb, example_keys(rng, xb_host))
+    if extra is not None:
+      args += (jnp.asarray(extra[start:start + batch_size]),)
+    adv, pred = fn(*args, **kwargs)
     outs.append(jax.device_get(_outcome(adv, xb, pred, yb, targeted)))
   if not outs:
     empty = np.zeros((0,), np.float32)

@@ -13,6 +13,7 @@ import inspect
 import numpy as np
 
 from mlrobust.attacks import core
+from mlrobust.attacks.auto_pgd import apgd
 from mlrobust.attacks.core import AttackResult
 from mlrobust.attacks.cw import cw_l2
 from mlrobust.attacks.cw import cw_l2_distance
@@ -26,6 +27,7 @@ from mlrobust.attacks.lbfgs import lbfgs
 ATTACKS = {
     'fgsm': fgsm, 'bim': bim, 'mim': mim, 'pgd': pgd, 'lbfgs': lbfgs,
     'deepfool': deepfool, 'cw_l2': cw_l2, 'cw_l2_distance': cw_l2_distance,
+    'apgd': apgd,
 }
 # Which attacks can run targeted / untargeted (Saito & Roy Section 2.3).
 TARGETED_ONLY = ('lbfgs',)
@@ -34,9 +36,9 @@ UNTARGETED_ONLY = ('deepfool',)
 PARAM_FIELDS = ('loss', 'eps', 'eps_iter', 'nb_iter', 'decay', 'initial_const',
                 'binary_search_steps', 'max_iterations', 'learning_rate',
                 'confidence', 'max_iter', 'nb_candidate', 'overshoot',
-                'semantics')
+                'semantics', 'n_iter', 'rho')
 INT_PARAMS = ('nb_iter', 'binary_search_steps', 'max_iterations', 'max_iter',
-              'nb_candidate')
+              'nb_candidate', 'n_iter')
 
 
 def get(name: str):

@@ -1,0 +1,180 @@
+"""Auto-PGD (Croce & Hein, 2020, "Reliable evaluation of adversarial
+robustness with an ensemble of diverse parameter-free attacks"), Linf.
+
+A step-size-free PGD: step 2 eps, momentum 0.75, and at checkpoints
+w_j = p_j N (p_0 = 0, p_1 = 0.22, p_{j+1} = p_j + max(p_j - p_{j-1} - 0.03,
+0.06); `checkpoints`) the step is halved and the iterate restarts from the
+best point found so far when, since the last checkpoint, the loss rose in
+fewer than rho = 0.75 of the steps, or neither the step nor the best loss
+changed. All of it per example (each example has its own step size and
+checkpoints).
+
+Losses on the class scores of the generic decoding (so every head is attacked
+the same way):
+  'ce':  cross-entropy of the scores;
+  'dlr': -(s_y - max_{i != y} s_i) / (s_pi1 - s_pi3 + 1e-12), the
+         difference-of-logits ratio (scale invariant: saturated heads do not
+         flatten it);
+targeted, 'dlr' is the targeted DLR
+  -(s_y - s_t) / (s_pi1 - (s_pi3 + s_pi4) / 2 + 1e-12)
+with y the true class and t the target, and 'ce' minus the CE of t.
+
+An example counts as broken as soon as any iterate is misclassified (or
+reaches the target); the first such iterate is returned, otherwise the best
+point by the loss (the decoding then says whether it is adversarial).
+"""
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from mlrobust.attacks import core
+
+APGD_LOSSES = ('ce', 'dlr')
+
+
+def checkpoints(n_iter: int) -> list[int]:
+  """The iterations w_j at which the step size may be halved (w_0 = 0).
+
+  The paper's p_j in whole iterations, as the reference implementation
+  counts them: a first interval of 0.22 N, each next one 0.03 N shorter, but
+  at least 0.06 N (N = 100: 0, 22, 41, 57, 70, 80, 87, 93, 99).
+  """
+  interval = max(int(0.22 * n_iter), 1)
+  shrink, shortest = max(int(0.03 * n_iter), 1), max(int(0.06 * n_iter), 1)
+  points = [0]
+  while points[-1] + interval <= n_iter:
+    points.append(points[-1] + interval)
+    interval = max(interval - shrink, shortest)
+  return points
+
+
+def _loss(clf, x, label, target, *, loss, targeted):
+  scores = clf.scores(x)
+  if loss == 'dlr':
+    value = core.dlr_loss(scores, label, target if targeted else None)
+  else:
+    goal = target if targeted else label
+    ce = -jnp.take_along_axis(jax.nn.log_softmax(scores), goal[:, None],
+                              axis=1)[:, 0]
+    value = -ce if targeted else ce
+  prediction = jnp.argmax(scores, axis=1).astype(jnp.int32)
+  return jnp.sum(value), (value, prediction)
+
+
+@functools.partial(jax.jit, static_argnames=('loss', 'targeted', 'n_iter'))
+def _apgd(clf, x, label, target, eps, rho, *, loss, targeted, n_iter):
+  b = x.shape[0]
+  shape = (b,) + (1,) * (x.ndim - 1)
+  alpha = 0.75
+  grad_fn = jax.value_and_grad(
+      functools.partial(_loss, clf, loss=loss, targeted=targeted),
+      has_aux=True)
+  ckpts = checkpoints(n_iter)
+  is_ckpt = np.zeros(n_iter + 1, bool)
+  since = np.zeros(n_iter + 1, np.float32)  # Steps since the last checkpoint.
+  for prev, cur in zip(ckpts, ckpts[1:]):
+    is_ckpt[cur] = True
+    since[cur] = cur - prev
+  is_ckpt, since = jnp.asarray(is_ckpt), jnp.asarray(since)
+
+  def project(v):
+    return jnp.clip(jnp.clip(v, x - eps, x + eps), 0.0, 1.0)
+
+  def succeeded(prediction):
+    return prediction == target if targeted else prediction != label
+
+  def body(k, s):
+    (_, (f, pred)), g = grad_fn(s['x'], label, target)
+    hit = succeeded(pred) & ~s['found']
+    adv = jnp.where(hit.reshape(shape), s['x'], s['adv'])
+    found = s['found'] | hit
+    increases = s['increases'] + ((k > 0) & (f > s['f_prev']))
+    better = f > s['f_max']
+    f_max = jnp.where(better, f, s['f_max'])
+    x_max = jnp.where(better.reshape(shape), s['x'], s['x_max'])
+    g_max = jnp.where(better.reshape(shape), g, s['g_max'])
+    # Checkpoint: halve the step and restart from the best point if the
+    # loss rose too rarely, or neither step nor best loss changed.
+    reduce = is_ckpt[k] & (
+        (increases < rho * since[k]) |
+        ((s['eta_last'] == s['eta']) & (s['f_max_last'] == f_max)))
+    eta = jnp.where(reduce, s['eta'] / 2, s['eta'])
+    r = reduce.reshape(shape)
+    x_k = jnp.where(r, x_max, s['x'])
+    g = jnp.where(r, g_max, g)
+    x_prev = jnp.where(r, x_max, s['x_prev'])
+    z = project(x_k + eta.reshape(shape) * jnp.sign(g))
+    momentum = jnp.where(k > 0, 1.0, 0.0)
+    x_next = project(x_k + (alpha * (z - x_k) + (1 - alpha) *
+                            (x_k - x_prev)) * momentum + (z - x_k) *
+                     (1 - momentum))
+    return dict(
+        x=x_next, x_prev=x_k, f_prev=f, eta=eta, f_max=f_max, x_max=x_max,
+        g_max=g_max, found=found, adv=adv,
+        increases=jnp.where(is_ckpt[k], 0.0, increases),
+        eta_last=jnp.where(is_ckpt[k], eta, s['eta_last']),
+        f_max_last=jnp.where(is_ckpt[k], f_max, s['f_max_last']))
+
+  full = lambda v: jnp.full((b,), v, x.dtype)
+  state = dict(x=x, x_prev=x, f_prev=full(-jnp.inf), eta=full(2.0) * eps,
+               f_max=full(-jnp.inf), x_max=x, g_max=jnp.zeros_like(x),
+               found=jnp.zeros((b,), bool), adv=x, increases=full(0.0),
+               eta_last=full(-1.0), f_max_last=full(-jnp.inf))
+  state = jax.lax.fori_loop(0, n_iter, body, state)
+  # The last iterate, and the best point where nothing succeeded.
+  last_pred = clf.predict(state['x'])
+  hit = succeeded(last_pred) & ~state['found']
+  adv = jnp.where(hit.reshape(shape), state['x'], state['adv'])
+  found = state['found'] | hit
+  adv = jnp.where(found.reshape(shape), adv, state['x_max'])
+  adv = jax.lax.stop_gradient(adv)
+  return adv, clf.predict(adv)
+
+
+def apgd(clf, x, y, *, targeted=False, rng=None, eps=0.3, n_iter=100,
+         loss='ce', rho=0.75, labels=None,
+         batch_size=None) -> core.AttackResult:
+  """Auto-PGD in the Linf ball (see module docstring).
+
+  Args:
+    clf: a `mlrobust.classifier.Classifier`.
+    x: [B, H, W, C] float images in [0, 1] (not modified).
+    y: [B] true labels (untargeted) or target classes (targeted).
+    targeted: reach y instead of leaving it.
+    rng: unused (the start is x itself, as in AutoAttack's first run).
+    eps: Linf radius.
+    n_iter: iterations (100 in AutoAttack).
+    loss: 'ce' or 'dlr' on the class scores.
+    rho: the checkpoint condition's fraction of increasing steps.
+    labels: targeted only: the true labels [B] (the targeted DLR needs them).
+    batch_size: examples per compiled call (None: all at once).
+  Returns:
+    An AttackResult: the first iterate that succeeded, else the best point.
+  """
+  del rng
+  if loss not in APGD_LOSSES:
+    raise ValueError(f'unknown APGD loss {loss!r}; choose one of '
+                     f'{list(APGD_LOSSES)}')
+  core.check_values(eps=eps, nb_iter=n_iter)
+  if not 0 < rho < 1:
+    raise ValueError(f'rho must be in (0, 1), got {rho}')
+  x, y = core.check_inputs(clf, x, y, targeted=targeted)
+  min_classes = 4 if targeted else 3
+  if loss == 'dlr' and clf.num_classes < min_classes:
+    raise ValueError(f'the {"targeted " if targeted else ""}DLR loss needs '
+                     f'at least {min_classes} classes')
+  if targeted:
+    if labels is None:
+      raise ValueError('targeted apgd needs the true labels as `labels` (y '
+                       'holds the target classes)')
+    _, labels = core.check_inputs(clf, x, labels, targeted=False)
+  else:
+    labels = y
+  fn = functools.partial(_apgd, loss=loss, targeted=targeted, n_iter=n_iter)
+  return core.run_batched(
+      lambda clf, xb, yb, key, lb: fn(clf, xb, lb, yb, eps, rho), clf, x, y,
+      batch_size=batch_size, targeted=targeted, rng=jax.random.key(0),
+      extra=labels)
