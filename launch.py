@@ -10,7 +10,10 @@ Modes on one run (need --config and --workdir):
              3, 5-7 and the Figure 1 ladder), one resumable JSON file per cell
              in <workdir>/eval/ (mlrobust/evaluate.py);
   lipschitz  per-layer Lipschitz bounds and certified accuracy, written to
-             <workdir>/lipschitz.json (mlrobust/lipschitz_run.py).
+             <workdir>/lipschitz.json (mlrobust/lipschitz_run.py);
+  adaptive   the adaptive attack ensemble along config.adaptive.eps and the
+             gradient-masking checklist, in <workdir>/adaptive/
+             (mlrobust/adaptive_run.py).
 Modes on several trained runs (need --workdirs and --out; each run's own
 config.json is used, so --config is not needed):
   report     tables next to the paper's, plots and Figures 1-3 in the --out
@@ -34,6 +37,7 @@ from absl import flags
 from absl import logging
 from ml_collections import config_flags
 
+from mlrobust import adaptive_run
 from mlrobust import attack_run
 from mlrobust import attacks
 from mlrobust import checkpoints
@@ -51,6 +55,7 @@ RUN_MODES = {
     'attack': (attack_run.run_attack, attack_run.describe),
     'evaluate': (evaluate.run_evaluate, evaluate.describe),
     'lipschitz': (lipschitz_run.run_lipschitz, lipschitz_run.describe),
+    'adaptive': (adaptive_run.run_adaptive, adaptive_run.describe),
 }
 MULTI_MODES = ('report', 'figure4')
 
@@ -87,6 +92,8 @@ def _check_run_mode(mode, config) -> None:
     attacks.params_from_config(config.attack)
   if mode == 'evaluate':
     grids.check(config.eval)
+  if mode == 'adaptive':
+    adaptive_run.check_config(config.adaptive)
 
 
 def main(argv):

@@ -120,6 +120,14 @@ def get_config(dataset: str, arg: str | None, num_classes: int = 10):
   c.eval.save_examples = 8  # Clean/adversarial images kept per cell.
   c.eval.seed = 0  # Random targets and attack keys.
 
+  # --mode=adaptive (mlrobust/adaptive_run.py): the adaptive ensemble at each
+  # Linf eps and the masking checklist.
+  c.adaptive = config_dict.ConfigDict()
+  c.adaptive.eps = (0.01, 0.05, 0.1, 0.2)  # The paper's Linf grid (Table 1).
+  c.adaptive.num_examples = 1000  # 0 = the whole test split.
+  c.adaptive.members = ('apgd-ce', 'apgd-t', 'pgd-margin')
+  c.adaptive.seed = 0
+
   # --mode=attack. Unset (None) parameters take the attack's defaults, which
   # are cleverhans v2.1's as the paper used them (see mlrobust/attacks).
   c.attack = config_dict.ConfigDict()
@@ -159,6 +167,7 @@ def get_config(dataset: str, arg: str | None, num_classes: int = 10):
     # A CPU evaluation budget (about 15 min per model); see REPRODUCTION.md.
     c.eval.images.update(linf=500, deepfool=100, cw=8, lbfgs=8, figure1=100)
     c.eval.max_iterations.lbfgs = 100
+    c.adaptive.num_examples = 300
   elif size == 'smoke':
     c.model.depth = 7  # One composite layer per block.
     c.model.growth_rate = 4
@@ -174,5 +183,8 @@ def get_config(dataset: str, arg: str | None, num_classes: int = 10):
     c.eval.num_examples = 32
     c.eval.images.update(linf=16, deepfool=8, cw=4, lbfgs=4)
     c.eval.max_iterations.update(cw=10, lbfgs=5)
+    c.adaptive.num_examples = 8
+    c.adaptive.eps = (0.1, 0.3)
+    c.adaptive.members = ('apgd-ce', 'pgd-margin')
     c.eval.grids.figure1_pgd.param_values = (0.1, 0.3, 1.0)
   return c

@@ -1,0 +1,88 @@
+"""The adaptive ensemble and the masking checklist on small trained models."""
+
+import json
+import os
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from mlrobust import adaptive
+from mlrobust import adaptive_run
+from mlrobust import classifier
+from tests import conftest
+from tests import test_attacks
+
+
+def _checks(items):
+  return {i['check'].split(':')[0].split(' (')[0]: i for i in items}
+
+
+def test_ensemble_is_at_least_as_strong_as_each_member():
+  clf, x, y = test_attacks._trained_mlp()
+  x, y = x[:60], y[:60]
+  eps = 0.1
+  result = adaptive.ensemble(clf, x, y, eps)
+  assert result['num_examples'] == 60
+  for member in adaptive.DEFAULT_MEMBERS:
+    alone = adaptive.ensemble(clf, x, y, eps, members=(member,))
+    assert result['robust_accuracy'] <= alone['robust_accuracy']
+  broken = [b for b in result['broken_by'] if b not in (None, 'clean')]
+  assert sum(result['per_member'].values()) == len(broken)
+  adv_pred = np.asarray(clf.predict(jnp.asarray(result['adv'])))
+  survivors = np.array([b is None for b in result['broken_by']])
+  np.testing.assert_array_equal(adv_pred[survivors], y[survivors])
+  assert np.all(adv_pred[~survivors] != y[~survivors])
+  assert np.abs(result['adv'] - x).max() <= eps + 1e-6
+
+
+def test_checklist_passes_a_plain_model_and_fails_a_masked_one():
+  clf, x, y = test_attacks._trained_mlp()
+  x, y = x[:40], y[:40]
+  grid = (0.05, 0.1)
+  acc = [adaptive.ensemble(clf, x, y, e)['robust_accuracy'] for e in grid]
+  plain = _checks(adaptive.checklist(clf, x, y, eps_grid=grid,
+                                     ensemble_accuracy=acc))
+  assert plain['unbounded budget']['pass']
+  assert plain['gradient health']['pass']
+  assert plain['monotone in budget']['pass']
+  # The same model with its logits rounded: zero gradient almost everywhere,
+  # so gradient attacks see nothing, yet it is no more robust.
+  masked = classifier.from_function(
+      lambda p, x_: jnp.round(clf.apply_fn(p, x_)), clf.targets,
+      params=clf.variables, activation='softmax', loss='ce')
+  acc = [adaptive.ensemble(masked, x, y, e)['robust_accuracy'] for e in grid]
+  checks = _checks(adaptive.checklist(masked, x, y, eps_grid=grid,
+                                      ensemble_accuracy=acc))
+  assert not checks['unbounded budget']['pass']
+  assert not checks['gradient health']['pass']
+  assert checks['gradient health']['numbers'][
+      'zero_or_nonfinite_gradient_ce'] > 0.9
+
+
+def test_adaptive_mode_writes_resumable_cells_and_the_checklist(trained):
+  config, workdir = trained
+  result = adaptive_run.run_adaptive(config, workdir)
+  out = os.path.join(workdir, 'adaptive')
+  assert sorted(os.listdir(out)) == [
+      'checklist_n=8.json', 'ensemble_eps=0.1_n=8.json',
+      'ensemble_eps=0.3_n=8.json']
+  cell = json.load(open(os.path.join(out, 'ensemble_eps=0.1_n=8.json')))
+  assert cell['members'] == ['apgd-ce', 'pgd-margin']
+  assert cell['model_fingerprint'] and cell['num_examples'] == 8
+  assert 0 <= cell['robust_accuracy'] <= cell['clean_accuracy']
+  stamp = os.stat(os.path.join(out, 'ensemble_eps=0.1_n=8.json')).st_mtime_ns
+  again = adaptive_run.run_adaptive(config, workdir)  # Reuses the cells.
+  assert os.stat(os.path.join(out, 'ensemble_eps=0.1_n=8.json')
+                 ).st_mtime_ns == stamp
+  assert [c['robust_accuracy'] for c in again['cells']] == [
+      c['robust_accuracy'] for c in result['cells']]
+  assert 'robust accuracy' in adaptive_run.describe(result)
+
+
+def test_bad_adaptive_config_fails_before_work(tmp_path):
+  config = conftest.smoke_config()
+  config.adaptive.members = ('apgd-ce', 'square')
+  with pytest.raises(ValueError, match="unknown \\['square'\\]"):
+    adaptive_run.run_adaptive(config, str(tmp_path / 'none'))
+  assert not os.path.exists(tmp_path / 'none')
