@@ -205,12 +205,16 @@ def checklist(clf, x, y, *, eps_grid, ensemble_accuracy, rng=None) -> list:
     signs = jax.random.rademacher(jax.random.fold_in(rng, 100 + i), x.shape)
     noisy = np.clip(x + eps * np.asarray(signs, np.float32), 0, 1)
     noise.append(_accuracy(clf, noisy, y))
-  item('random noise of the same size is far weaker than the attack',
-       all(clean - n <= 0.5 * (clean - a) + 1e-9 or a >= clean
-           for n, a in zip(noise, ensemble_accuracy)),
+  # Where either lowers accuracy by 0.05 or more, the attack must leave at
+  # most half of what noise of the same size leaves.
+  informative = [(n, a) for n, a in zip(noise, ensemble_accuracy)
+                 if clean - min(n, a) >= 0.05]
+  item('random noise of the same size is far weaker than the attack '
+       '(attack accuracy <= half the noise accuracy)',
+       all(a <= 0.5 * n for n, a in informative),
        {'noise': noise, 'ensemble': ensemble_accuracy, 'clean': clean},
-       'noise does as much as the attack: the attack is not using gradients '
-       'effectively')
+       'noise does about as much as the attack: the attack is not using '
+       'gradients effectively')
   if eps_grid:
     eps = eps_grid[len(eps_grid) // 2]
     doubled = ensemble(clf, x, y, eps, rng=rng, effort=2)['robust_accuracy']

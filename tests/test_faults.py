@@ -61,7 +61,10 @@ def test_a_flipped_byte_in_a_checkpoint_is_refused(trained):
       except checkpoints.CheckpointError as e:
         refused.append((path, position, str(e)))
       _flip(path, position)  # Undo.
-  assert any('fingerprint' in e for *_, e in refused), refused
+  # Refused by the fingerprint, the finiteness check or orbax itself,
+  # depending on where the byte lands (test_workdir checks the fingerprint
+  # alone).
+  assert refused
   # Resuming reads the whole training state: any flip is found.
   for path in _chunk_files(step_dir):
     _flip(path, os.path.getsize(path) // 2)

@@ -1,9 +1,11 @@
 """The run store: secrets, atomic result files, partial restores."""
 
+import json
 import logging
 import os
 
 import numpy as np
+import pytest
 
 from mlrobust import attack_run
 from mlrobust import checkpoints
@@ -91,3 +93,25 @@ def test_partial_restore_reads_only_the_asked_entries(tmp_path):
   restored = checkpoints.restore(reader, target, partial=True)
   assert sorted(restored) == ['batch_stats', 'params']
   np.testing.assert_array_equal(restored['params']['w'], np.arange(4.0))
+
+
+def test_values_that_differ_from_the_fingerprint_are_refused(tmp_path):
+  state = {'step': np.array(3, np.int32), 'params': {'w': np.arange(4.0)},
+           'batch_stats': {'m': np.ones(2)},
+           'opt_state': {'mu': np.zeros(7)}}
+  manager = checkpoints.make_manager(str(tmp_path))
+  checkpoints.save(manager, 3, state)
+  # What another state's fingerprint would be: as if the files had changed.
+  other = dict(state, params={'w': np.arange(4.0) + 1e-6})
+  path = os.path.join(str(manager.directory), '3',
+                      checkpoints.FINGERPRINT_FILE)
+  with open(path, 'w') as f:
+    json.dump({'state': checkpoints.tree_digest(other),
+               'variables': checkpoints.tree_digest(
+                   checkpoints.variables_of(other))}, f)
+  for partial, target in ((False, state), (True, checkpoints.variables_of(
+      state))):
+    reader = checkpoints.make_manager(str(tmp_path), read_only=True)
+    with pytest.raises(checkpoints.CheckpointError,
+                       match='does not match the fingerprint'):
+      checkpoints.restore(reader, target, partial=partial)
