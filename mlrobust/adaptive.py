@@ -24,6 +24,7 @@ import numpy as np
 
 from mlrobust import attacks
 from mlrobust import stats
+from mlrobust.attacks import core
 
 
 def _apgd_ce(clf, x, y, eps, rng, effort):
@@ -97,12 +98,12 @@ def ensemble(clf, x, y, eps, *, members=DEFAULT_MEMBERS, rng=None,
   rng = jax.random.key(0) if rng is None else rng
   x, y = np.asarray(x, np.float32), np.asarray(y, np.int32)
   pred = np.asarray(clf.predict(jnp.asarray(x)))
-  broken_by = np.array([None] * len(y), object)
-  broken_by[pred != y] = 'clean'
+  broken = pred != y
+  broken_by = ['clean' if b else None for b in broken]
   adv = x.copy()
   per_member = {}
   for i, m in enumerate(members):
-    todo = broken_by == None  # noqa: E711 (object array)
+    todo = ~broken
     if not todo.any():
       per_member[m] = 0
       continue
@@ -110,14 +111,16 @@ def ensemble(clf, x, y, eps, *, members=DEFAULT_MEMBERS, rng=None,
                         effort)
     idx = np.flatnonzero(todo)[result.success]
     adv[idx] = result.adv[result.success]
-    broken_by[idx] = m
+    broken[idx] = True
+    for j in idx:
+      broken_by[j] = m
     per_member[m] = int(result.success.sum())
   n = len(y)
-  robust = int(np.sum(broken_by == None))  # noqa: E711
+  robust = int(np.sum(~broken))
   return {'robust_accuracy': robust / max(n, 1),
           'interval': stats.wilson_interval(robust, n) if n else None,
           'num_examples': n, 'clean_accuracy': float(np.mean(pred == y)),
-          'broken_by': broken_by.tolist(), 'per_member': per_member,
+          'broken_by': broken_by, 'per_member': per_member,
           'adv': adv}
 
 
@@ -127,7 +130,6 @@ def _accuracy(clf, x, y):
 
 @functools.partial(jax.jit, static_argnames=('loss',))
 def _input_grads(clf, x, y, loss):
-  from mlrobust.attacks import core  # pylint: disable=g-import-not-at-top
   return jax.grad(lambda v: jnp.sum(core.attack_loss(clf, v, y, loss)))(x)
 
 
