@@ -20,10 +20,17 @@ config.json is used, so --config is not needed):
              folder; --splice=DOC.md also replaces DOC.md's report section
              (mlrobust/report.py);
   figure4    Figure 4 (--out=F.png) and its per-layer tables (F.md),
-             computing lipschitz.json where missing (or all, --recompute).
+             computing lipschitz.json where missing (or all, --recompute);
+  sweep      one attack parameter over several runs (--attack, --param,
+             --values, [--targeted, --images, --fixed]): one resumable cell
+             per run and value in <run>/eval/, and a table and figure in the
+             --out folder (mlrobust/sweep.py). Several processes may run the
+             same sweep at once (one per device): each point runs once.
 
   python launch.py --config=configs/mnist.py:tanh_mse,cpu --workdir=W
   python launch.py --mode=report --workdirs=W1,W2,W3 --out=report
+  python launch.py --mode=sweep --workdirs=W1,W2,W3 --attack=pgd --param=eps \
+      --values=0,0.02,...,0.3 --out=sweeps/pgd_eps
 
 Every config field can be overridden with --config.a.b=value; see
 configs/common.py for the fields.
@@ -46,6 +53,7 @@ from mlrobust import evaluate
 from mlrobust import grids
 from mlrobust import lipschitz_run
 from mlrobust import report
+from mlrobust import sweep
 from mlrobust import train
 from mlrobust import workdir
 
@@ -57,7 +65,7 @@ RUN_MODES = {
     'lipschitz': (lipschitz_run.run_lipschitz, lipschitz_run.describe),
     'adaptive': (adaptive_run.run_adaptive, adaptive_run.describe),
 }
-MULTI_MODES = ('report', 'figure4')
+MULTI_MODES = ('report', 'figure4', 'sweep')
 
 _CONFIG = config_flags.DEFINE_config_file(
     'config', None, 'Config file, e.g. configs/mnist.py:tanh_mse,cpu.',
@@ -78,6 +86,19 @@ _SPLICE = flags.DEFINE_string('splice', None,
                               'this markdown file.')
 _RECOMPUTE = flags.DEFINE_bool('recompute', False,
                                'figure4: recompute every lipschitz.json.')
+_ATTACK = flags.DEFINE_string('attack', None, 'sweep: the attack, e.g. pgd.')
+_PARAM = flags.DEFINE_string('param', None,
+                             'sweep: the swept parameter, e.g. eps.')
+_VALUES = flags.DEFINE_string('values', None,
+                              'sweep: values, e.g. 0,0.1,0.3 or '
+                              '0,0.02,...,0.3.')
+_TARGETED = flags.DEFINE_bool('targeted', False,
+                              'sweep: run the targeted attack.')
+_IMAGES = flags.DEFINE_integer('images', None,
+                               'sweep: test images per point (default: each '
+                               'run\'s config.eval.images budget; 0 = all).')
+_FIXED = flags.DEFINE_list('fixed', [],
+                           'sweep: other attack parameters, name=value,...')
 
 # Errors that are the user's to fix: printed as one line, no traceback.
 _USER_ERRORS = (ValueError, FileNotFoundError, checkpoints.CheckpointError,
@@ -96,6 +117,16 @@ def _check_run_mode(mode, config) -> None:
     adaptive_run.check_config(config.adaptive)
 
 
+def _sweep_spec() -> sweep.Spec:
+  missing = [f'--{f.name}' for f in (_ATTACK, _PARAM, _VALUES) if not f.value]
+  if missing:
+    raise app.UsageError(f'--mode=sweep needs {", ".join(missing)}')
+  return sweep.Spec(attack=_ATTACK.value, param=_PARAM.value,
+                    values=sweep.parse_values(_VALUES.value),
+                    targeted=_TARGETED.value, images=_IMAGES.value,
+                    fixed=sweep.parse_fixed(_FIXED.value))
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
@@ -107,9 +138,12 @@ def main(argv):
       if mode == 'report':
         written = report.write_report(_WORKDIRS.value, _OUT.value,
                                       splice_into=_SPLICE.value)
-      else:
+      elif mode == 'figure4':
         written = lipschitz_run.figure4(_WORKDIRS.value, _OUT.value,
                                         recompute=_RECOMPUTE.value)
+      else:
+        written = [sweep.describe(sweep.run_sweep(
+            _WORKDIRS.value, _sweep_spec(), _OUT.value))]
     except _USER_ERRORS as e:
       sys.exit(f'error: {e}')
     print('\n'.join(written))

@@ -29,6 +29,7 @@ import numpy as np
 
 from mlrobust import data
 from mlrobust import models
+from mlrobust import plots
 from mlrobust import spectral
 from mlrobust import workdir as workdir_lib
 
@@ -95,9 +96,7 @@ def _run_lipschitz(config, workdir):
 
 def plot_figure4(workdirs, out_path: str) -> None:
   """Figure 4: circular conv bounds per layer for each model, per dataset."""
-  import matplotlib  # pylint: disable=g-import-not-at-top
-  matplotlib.use('Agg')
-  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+  plt = plots.pyplot()
   runs = []
   for w in workdirs:
     path = os.path.join(w, 'lipschitz.json')

@@ -26,6 +26,7 @@ import numpy as np
 
 from mlrobust import models
 from mlrobust import paper_tables
+from mlrobust import plots
 from mlrobust import stats
 from mlrobust import workdir as workdir_lib
 
@@ -279,16 +280,9 @@ def table7(groups) -> list[str]:
   return lines
 
 
-def _plt():
-  import matplotlib  # pylint: disable=g-import-not-at-top
-  matplotlib.use('Agg')
-  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
-  return plt
-
-
 def plot_grid(dataset, runs, table_name, out_path) -> bool:
   """Metric against the swept parameter per attack; paper dashed."""
-  plt = _plt()
+  plt = plots.pyplot()
   table = getattr(paper_tables, table_name.upper())
   targeted = table_name == 'table5'
   attacks = list(table)
@@ -365,7 +359,7 @@ def plot_examples(rows, out_path, title, k=8) -> bool:
   rows = [r for r in rows if r[1] is not None]
   if not rows:
     return False
-  plt = _plt()
+  plt = plots.pyplot()
   n_rows = 2 * len(rows)
   fig, axes = plt.subplots(n_rows, k, figsize=(1.2 * k, 1.45 * n_rows + 0.6),
                            squeeze=False)

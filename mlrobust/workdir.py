@@ -5,11 +5,13 @@
     manifest.json     the run's identity: SHA-256 of targets.npy, total steps
     targets.npy       [K, d] target representation (the codebook of a codeword
                       head: needed to decode, secret like its key; owner-only)
-    .lock             held by the one process writing to the run
+    .lock             held by the one process writing to the run (or shared
+                      by sweep processes that only add cells)
     metrics.jsonl     one JSON object per log line and per evaluation
     checkpoints/      orbax checkpoints (`mlrobust.checkpoints`)
     attacks/*.json    --mode=attack results
-    eval/*.json|npz   --mode=evaluate cells and their example images
+    eval/*.json|npz   --mode=evaluate and --mode=sweep cells and their
+                      example images; eval/.locks/ holds one lock per cell
     lipschitz.json    --mode=lipschitz bounds
 
 Every mode reads and writes a run only through this module: the config check
@@ -88,16 +90,23 @@ def _fallback(path: str, error: OSError, save) -> None:
                      f'to {fallback} instead') from error
 
 
-def write_text(path: str, text: str) -> None:
-  """Writes `text` to `path` atomically.
+def _tmp(path: str) -> str:
+  """The temporary name of `path` while this process writes it (renamed into
+  place when complete; per process, so concurrent writers never share one)."""
+  return f'{path}.{os.getpid()}.tmp'
+
+
+def write_text(path: str, text: str | bytes) -> None:
+  """Writes `text` (or bytes, e.g. a PNG) to `path` atomically.
 
   Raises:
     WorkdirError: `path` cannot be written; the text went to a fallback file
       that the message names.
   """
-  tmp = f'{path}.tmp'
+  tmp = _tmp(path)
+  mode = 'wb' if isinstance(text, bytes) else 'w'
   try:
-    with open(tmp, 'w') as f:
+    with open(tmp, mode) as f:
       f.write(text)
     os.replace(tmp, path)
   except OSError as e:
@@ -105,7 +114,7 @@ def write_text(path: str, text: str) -> None:
       os.remove(tmp)
 
     def save(fallback):
-      with open(fallback, 'w') as f:
+      with open(fallback, mode) as f:
         f.write(text)
     _fallback(path, e, save)
 
@@ -132,7 +141,7 @@ def write_json(path: str, obj: Any, *, indent: int = 2,
 
 def write_npz(path: str, **arrays) -> None:
   """Writes compressed arrays to `path` (ending in .npz) atomically."""
-  tmp = f'{path}.tmp.npz'
+  tmp = _tmp(path) + '.npz'
   try:
     np.savez_compressed(tmp, **arrays)
     os.replace(tmp, path)
@@ -144,7 +153,7 @@ def write_npz(path: str, **arrays) -> None:
 
 def write_npy(path: str, array: np.ndarray) -> None:
   """Writes one array to `path` (ending in .npy) atomically."""
-  tmp = f'{path}.tmp.npy'
+  tmp = _tmp(path) + '.npy'
   np.save(tmp, array)
   os.replace(tmp, path)
 
@@ -174,12 +183,15 @@ def check_writable(folder: str) -> None:
 
 
 @contextlib.contextmanager
-def lock(workdir: str):
+def lock(workdir: str, *, shared: bool = False):
   """Holds `<workdir>/.lock`: one writing process per workdir.
 
   The lock is an OS file lock (released when its process ends, however it
   ends), so a stale lock of a dead process never blocks; the file holds the
-  holder's pid and host for the error message.
+  holder's pid and host for the error message. `shared=True` is for processes
+  that only add result cells (sweeps): any number of them may hold it
+  together, each cell guarded by `cell_lock`, but not while a process holds
+  the lock exclusively (training, evaluation).
 
   Raises:
     WorkdirError: another process holds the lock (named in the message).
@@ -189,17 +201,45 @@ def lock(workdir: str):
   fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
   try:
     try:
-      fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+      fcntl.flock(fd, (fcntl.LOCK_SH if shared else fcntl.LOCK_EX)
+                  | fcntl.LOCK_NB)
     except BlockingIOError:
       holder = os.read(fd, 200).decode(errors='replace').strip() or 'unknown'
       raise WorkdirError(
           f'{workdir} is in use by another process ({holder}); wait for it '
           'to finish or use another --workdir') from None
-    os.ftruncate(fd, 0)
-    os.write(fd, f'pid {os.getpid()} on {socket.gethostname()}'.encode())
+    if not shared:
+      os.ftruncate(fd, 0)
+      os.write(fd, f'pid {os.getpid()} on {socket.gethostname()}'.encode())
     yield
   finally:
     os.close(fd)  # Releases the lock.
+
+
+@contextlib.contextmanager
+def cell_lock(cell_path: str, *, blocking: bool = True):
+  """Holds the lock of one result cell; yields whether it is held.
+
+  Processes that share a results folder (several sweep processes, one per
+  device or host) take a cell only while holding its lock, so every cell is
+  computed once. Locks live in a `.locks/` folder beside the cell; like
+  `lock`, they are OS locks that die with their process. With
+  `blocking=False` the block runs at once with False if another process
+  holds the cell.
+  """
+  folder = os.path.join(os.path.dirname(cell_path), '.locks')
+  os.makedirs(folder, exist_ok=True)
+  fd = os.open(os.path.join(folder, os.path.basename(cell_path) + '.lock'),
+               os.O_RDWR | os.O_CREAT, 0o600)
+  try:
+    try:
+      fcntl.flock(fd, fcntl.LOCK_EX | (0 if blocking else fcntl.LOCK_NB))
+      held = True
+    except BlockingIOError:
+      held = False
+    yield held
+  finally:
+    os.close(fd)
 
 
 # The config.

@@ -47,7 +47,11 @@ def test_figure4_of_the_committed_results_is_the_committed_table(tmp_path):
     (['--mode=attack', '--workdir=w'], '--mode=attack needs --config'),
     (['--mode=report', '--workdirs=/nonexistent/run', '--out=x'],
      'error: /nonexistent/run/config.json is missing'),
-    (['--mode=sweep'], 'value should be one of'),
+    (['--mode=sweeps'], 'value should be one of'),
+    (['--mode=sweep', '--workdirs=a', '--out=x'],
+     '--mode=sweep needs --attack, --param, --values'),
+    (['--mode=sweep', '--workdirs=a', '--out=x', '--attack=pgd',
+      '--param=eps', '--values=0,0.1,...,0.25'], 'error: --values'),
 ])
 def test_modes_say_what_they_need(args, message):
   result = _launch(*args)

@@ -48,6 +48,7 @@ from mlrobust.attacks.lbfgs import lbfgs
 from mlrobust.attacks.registry import accepted_params
 from mlrobust.attacks.registry import ATTACKS
 from mlrobust.attacks.registry import check_direction
+from mlrobust.attacks.registry import check_params
 from mlrobust.attacks.registry import effective_params
 from mlrobust.attacks.registry import get
 from mlrobust.attacks.registry import INT_PARAMS
