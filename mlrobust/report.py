@@ -356,37 +356,10 @@ def figure1_cell(run):
 
 def plot_examples(rows, out_path, title, k=8) -> bool:
   """rows: [(label, examples dict, caption)]; clean above adversarial."""
-  rows = [r for r in rows if r[1] is not None]
-  if not rows:
+  fig = plots.examples_figure(rows, title, k)
+  if fig is None:
     return False
-  plt = plots.pyplot()
-  n_rows = 2 * len(rows)
-  fig, axes = plt.subplots(n_rows, k, figsize=(1.2 * k, 1.45 * n_rows + 0.6),
-                           squeeze=False)
-  for i, (label, ex, caption) in enumerate(rows):
-    for j in range(k):
-      for r, key in ((2 * i, 'clean'), (2 * i + 1, 'adv')):
-        ax = axes[r, j]
-        ax.set_xticks([])
-        ax.set_yticks([])
-        if j >= len(ex[key]):
-          ax.axis('off')
-          continue
-        img = ex[key][j]
-        ax.imshow(img[..., 0] if img.shape[-1] == 1 else img,
-                  cmap='gray' if img.shape[-1] == 1 else None, vmin=0, vmax=1)
-        if key == 'adv':
-          ax.set_xlabel(f"{ex['label'][j]}->{ex['prediction'][j]}",
-                        fontsize=7, labelpad=1)
-    axes[2 * i, 0].set_ylabel('clean', fontsize=7)
-    axes[2 * i + 1, 0].set_ylabel('adversarial', fontsize=7)
-    axes[2 * i, 0].set_title(f'{label}: {caption}', fontsize=8, loc='left')
-  fig.suptitle(title + '\n(under each adversarial image: label->prediction)',
-               fontsize=9)
-  fig.subplots_adjust(left=0.05, right=0.99, bottom=0.04, top=1 - 0.9 / (
-      1.45 * n_rows + 0.6), hspace=0.45, wspace=0.08)
-  fig.savefig(out_path, dpi=110)
-  plt.close(fig)
+  workdir_lib.write_text(out_path, plots.png_bytes(fig))
   return True
 
 

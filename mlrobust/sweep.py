@@ -206,7 +206,7 @@ def _row(label, workdir, cell, record) -> dict:
   n = record['num_examples']
   low, high = stats.rate_interval(record[metric], n)
   return {
-      'run': label, 'workdir': os.path.abspath(workdir),
+      'run': label, 'workdir': workdir,
       'dataset': record['dataset'], 'preset': record['preset'],
       'model': record.get('model'), 'attack': cell.attack,
       'targeted': cell.targeted, 'param': cell.param, 'value': cell.value,
@@ -316,8 +316,27 @@ def write_outputs(out_dir: str, spec: Spec, rows: list[dict]) -> list[str]:
   writer.writerows(rows)
   workdir_lib.write_text(paths[1], buf.getvalue())
   workdir_lib.write_text(paths[2], markdown(spec, rows))
-  plot(spec, rows, paths[3])
+  workdir_lib.write_text(paths[3], plots.png_bytes(figure(spec, rows)))
   return paths
+
+
+def load(out_dir: str) -> tuple[Spec, list[dict]]:
+  """(spec, rows) of the sweep written to `out_dir`.
+
+  Raises:
+    FileNotFoundError: `out_dir` holds no sweep.json (named in the message).
+  """
+  path = os.path.join(out_dir, 'sweep.json')
+  if not os.path.exists(path):
+    raise FileNotFoundError(f'{path} is missing: no sweep was written to '
+                            f'{out_dir}; run python launch.py --mode=sweep '
+                            f'... --out={out_dir}')
+  table = workdir_lib.read_json(path)
+  d = table['spec']
+  spec = Spec(attack=d['attack'], param=d['param'],
+              values=tuple(d['values']), targeted=d['targeted'],
+              images=d['images'], fixed=tuple(sorted(d['fixed'].items())))
+  return spec, table['rows']
 
 
 def _title(spec: Spec) -> str:
@@ -351,7 +370,7 @@ def markdown(spec: Spec, rows: list[dict]) -> str:
   return '\n'.join(lines) + '\n'
 
 
-def plot(spec: Spec, rows: list[dict], path: str) -> None:
+def figure(spec: Spec, rows: list[dict]):
   """The metric (and median L2) against the swept value, one line per run."""
   plt = plots.pyplot()
   datasets = list(dict.fromkeys(r['dataset'] for r in rows))
@@ -394,7 +413,7 @@ def plot(spec: Spec, rows: list[dict], path: str) -> None:
       axes[1, j].set_ylabel('median L2 of successful examples')
       axes[1, j].grid(alpha=0.3)
   fig.tight_layout()
-  workdir_lib.write_text(path, plots.png_bytes(fig))
+  return fig
 
 
 def describe(result: dict) -> str:

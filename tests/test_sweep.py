@@ -119,6 +119,9 @@ def test_sweep_writes_table_and_figure_and_shares_cells(trained, tmp_path,
   md = open(os.path.join(out, 'sweep.md')).read()
   assert '| eps | tanh_mse (run) | tanh_mse (copy) |' in md
   assert os.path.getsize(os.path.join(out, 'sweep.png')) > 5000
+  assert sweep.load(out) == (spec, rows)
+  with pytest.raises(FileNotFoundError, match='no sweep was written'):
+    sweep.load(str(tmp_path))
 
   # Resumed: nothing runs again.
   calls = []
