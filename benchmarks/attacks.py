@@ -30,10 +30,12 @@ from mlrobust import attacks
 from mlrobust import classifier as classifier_lib
 from mlrobust import heads
 from mlrobust import models
+from mlrobust.attacks import cw
 
 _BATCH = flags.DEFINE_integer('batch_size', 128, 'Images per batch.')
 _REPEATS = flags.DEFINE_integer('repeats', 3, 'Timed runs per attack.')
 _PRESET = flags.DEFINE_string('preset', 'tanh_mse', 'Config preset.')
+_ONLY = flags.DEFINE_list('only', [], 'Attacks to measure (default: all).')
 
 
 def _timed(fn, repeats):
@@ -87,12 +89,22 @@ def main(argv):
   print('| attack | iterations | ms per image | attack / (iterations x '
         'gradient step) |')
   print('|---|---|---|---|')
+  # CW also as one compiled while-loop program (its path on accelerators,
+  # and on the CPU before the host-driven chunks).
+  cases += [(f'{name} (while program)', params, iters)
+            for name, params, iters in cases if name.startswith('cw')]
+  only = _ONLY.value
   for name, params, iters in cases:
-    targeted = name == 'lbfgs'
-    fn = lambda: attacks.get(name)(clf, x, y, targeted=targeted, **params)
+    if only and name.split(' ')[0] not in only:
+      continue
+    attack = name.split(' ')[0]
+    targeted = attack == 'lbfgs'
+    cw.CHUNKED = False if 'while' in name else None
+    fn = lambda: attacks.get(attack)(clf, x, y, targeted=targeted, **params)
     t = _timed(fn, _REPEATS.value)
     print(f'| {name} | {iters} | {t / b * 1e3:.2f} | '
           f'{t / (iters * grad_s):.2f} |', flush=True)
+  cw.CHUNKED = None
 
 
 if __name__ == '__main__':

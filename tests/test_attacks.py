@@ -570,3 +570,36 @@ def test_targeted_apgd_reaches_targets():
     attacks.apgd(clf4, x, t, targeted=True, labels=y, loss='dlr')
   with pytest.raises(ValueError, match='needs the true labels'):
     attacks.apgd(clf4, x, t, targeted=True)
+
+
+@pytest.mark.parametrize('margin, targeted, cleverhans', [
+    ('logits', False, False), ('distance', True, False),
+    ('logits', True, True), ('distance', False, False)])
+def test_cw_in_host_driven_chunks_equals_the_single_program(
+    margin, targeted, cleverhans):
+  # The CPU path (chunks of unrolled iterations; finished examples dropped
+  # into smaller batches between chunks) computes what the one-program while
+  # loop computes, example by example.
+  from mlrobust.attacks import cw  # pylint: disable=g-import-not-at-top
+  # (The logit margin rarely succeeds on a codeword head: one-hot there.)
+  clf = _affine(k=4)[0] if margin == 'logits' else _codeword_linear()
+  x = jnp.asarray(jax.random.uniform(jax.random.key(7), (12, *SHAPE)))
+  y = np.asarray(clf.predict(x))
+  goal = attacks.random_targets(jax.random.key(8), y, 4) if targeted else y
+  kwargs = dict(margin=margin, targeted=targeted, binary_search_steps=3,
+                max_iterations=40, abort_early=True, cleverhans=cleverhans)
+  args = (clf, x, jnp.asarray(goal), None, 0.5, 0.0, 5e-2)
+  one_adv, one_pred = cw._cw(*args, **kwargs)
+  # min_bucket=1: compaction down to single examples.
+  chunk_adv, chunk_pred = cw._cw_chunked(*args, **kwargs, min_bucket=1)
+  np.testing.assert_allclose(chunk_adv, one_adv, atol=1e-5)
+  np.testing.assert_array_equal(chunk_pred, one_pred)
+  assert np.abs(np.asarray(one_adv) - np.asarray(x)).max() > 0.01  # Moved.
+
+
+def test_cw_chunks_divide_the_abort_early_period():
+  from mlrobust.attacks import cw  # pylint: disable=g-import-not-at-top
+  assert cw.chunk_size(1000) == 25  # Period 100.
+  assert cw.chunk_size(100) == 10
+  assert cw.chunk_size(30) == 3
+  assert cw.chunk_size(5) == 1

@@ -87,8 +87,14 @@ def cleverhans_success(clf: classifier_lib.Classifier, x: jax.Array,
   """cleverhans v2.1's `compare` [B]: argmax of the logits z against the
   argmax of the label vector t = targets[y] (a codeword's largest unit), with
   the confidence margin, as its CW and L-BFGS attacks judge iterates."""
-  z = clf.logits(x)
-  unit = jnp.argmax(clf.targets[y], axis=1)
+  return cleverhans_compare(clf.logits(x), clf.targets, y, targeted,
+                            confidence)
+
+
+def cleverhans_compare(z: jax.Array, targets: jax.Array, y: jax.Array,
+                       targeted: bool, confidence=0.0) -> jax.Array:
+  """`cleverhans_success` from logits z [B, d] already computed."""
+  unit = jnp.argmax(targets[y], axis=1)
   hit = jax.nn.one_hot(unit, z.shape[1], dtype=z.dtype)
   if targeted:
     return jnp.argmax(z - confidence * hit, axis=1) == unit
