@@ -1,6 +1,7 @@
 """Attacks: closed forms on affine models, properties, a trained model."""
 
 import functools
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -603,3 +604,23 @@ def test_cw_chunks_divide_the_abort_early_period():
   assert cw.chunk_size(100) == 10
   assert cw.chunk_size(30) == 3
   assert cw.chunk_size(5) == 1
+
+
+@pytest.mark.parametrize('semantics', ['decoding', 'cleverhans'])
+def test_deepfool_in_host_driven_chunks_equals_the_single_program(
+    semantics, monkeypatch):
+  deepfool = sys.modules['mlrobust.attacks.deepfool']
+  monkeypatch.setattr(deepfool, 'MIN_BUCKET', 1)  # Compact to one example.
+  monkeypatch.setattr(deepfool, 'CHUNK', 2)
+  clf = _codeword_linear()
+  x = np.asarray(jax.random.uniform(jax.random.key(9), (12, *SHAPE)))
+  y = np.asarray(clf.predict(jnp.asarray(x)))
+  results = []
+  for chunked in (False, True):
+    monkeypatch.setattr(deepfool, 'CHUNKED', chunked)
+    results.append(attacks.deepfool(clf, x, y, max_iter=7, nb_candidate=3,
+                                    semantics=semantics))
+  one, chunks = results
+  np.testing.assert_allclose(chunks.adv, one.adv, atol=1e-5)
+  np.testing.assert_array_equal(chunks.success, one.success)
+  assert np.abs(one.adv - x).max() > 0.01  # It moved.

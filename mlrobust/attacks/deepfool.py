@@ -30,77 +30,155 @@ from mlrobust.attacks import core
 SCORES = ('auto', 'logits', 'distance')
 
 
-@functools.partial(jax.jit, static_argnames=('nb_candidate', 'use_logits',
-                                             'cleverhans'))
-def _deepfool(clf, x, y, rng, overshoot, max_iter, *, nb_candidate,
-              use_logits, cleverhans):
-  """The DeepFool loop; per-example stopping.
+_STATIC = ('nb_candidate', 'use_logits', 'cleverhans')
+# How the attack loops: None picks host-driven chunks of unrolled iterations
+# on the CPU and one compiled while-loop program elsewhere; True or False
+# forces one. Both compute the same (tested).
+CHUNKED = None
+CHUNK = 5  # Iterations per unrolled chunk.
+MIN_BUCKET = 8  # The smallest batch finished examples are dropped to.
 
-  decoding: the candidates are the top classes by score at x, their scores
-  (minus half squared distances, or logits) are linearised, and an example
-  stops when its decoded class changes. cleverhans: the candidates are the
-  top `nb_candidate` of the d pre-activation units, re-picked at every
-  iterate, and an example stops when its argmax unit changes (cleverhans
-  v2.1's DeepFool handed the d outputs of a codeword head as logits).
+
+def _origin(clf, x, *, nb_candidate, cleverhans):
+  """(original class [B], candidate classes [B, nc]) at the clean images.
+
+  decoding: the candidates are the top classes by score at x, and an example
+  stops when its decoded class changes. cleverhans: the original is the
+  argmax of the d pre-activation units (cleverhans v2.1's DeepFool handed
+  the d outputs of a codeword head as logits); its candidates are re-picked
+  at every iterate, so none are fixed here (a placeholder [B, 1]).
   """
-  del y, rng
+  if cleverhans:
+    return (jnp.argmax(clf.logits(x), axis=1),
+            jnp.zeros((x.shape[0], 1), jnp.int32))
+  candidates = jax.lax.top_k(clf.scores(x), nb_candidate)[1]
+  return candidates[:, 0], candidates
+
+
+def _scores_fn(clf, candidates, *, nb_candidate, use_logits, cleverhans):
+  """x_i -> (candidate scores [B, nc], the iterate's label [B]), from one
+  forward pass; the attack linearises the candidate scores (minus half
+  squared distances, or logits; cleverhans: the top units of the logits)."""
+  if cleverhans:
+    def fn(x_i):
+      z = clf.logits(x_i)
+      return jax.lax.top_k(z, nb_candidate)[0], jnp.argmax(z, axis=1)
+    return fn
+
+  def fn(x_i):
+    if use_logits:  # One-hot head decoded by the argmax of the logits.
+      full = clf.logits(x_i)
+    else:  # Minus half squared distances: the decoding's order.
+      full = -0.5 * heads.squared_distances(clf.outputs(x_i), clf.targets)
+    return (jnp.take_along_axis(full, candidates, axis=1),
+            jnp.argmax(full, axis=1).astype(jnp.int32))
+  return fn
+
+
+def _step(x, original, scores_fn, carry, max_iter):
+  """One DeepFool iteration for the examples whose label has not changed.
+
+  One forward pass at the iterate gives both its label (has it left the
+  original class? then the example stops) and the candidate scores, whose
+  nb_candidate gradients give the step to the nearest linearised boundary.
+  Past `max_iter` nothing changes, so chunks of steps may overrun.
+  """
+  i, r_tot, active = carry
   b = x.shape[0]
   pixel_axes = tuple(range(1, x.ndim))
+  x_i = jnp.clip(x + r_tot, 0.0, 1.0)
+  f, vjp_fn, label = jax.vjp(scores_fn, x_i, has_aux=True)
+  live = i < max_iter
+  active = active & (label == original) & live
+  nb_candidate = f.shape[1]
+  cotangents = jnp.broadcast_to(jnp.eye(nb_candidate)[:, None, :],
+                                (nb_candidate, b, nb_candidate))
+  grads = jax.vmap(lambda ct: vjp_fn(ct)[0])(cotangents)  # [nc, B, ...]
+  w = grads[1:] - grads[:1]                                # [nc-1, B, ...]
+  f_diff = (f[:, 1:] - f[:, :1]).T                         # [nc-1, B]
+  w_norm = jnp.sqrt(jnp.sum(jnp.square(w), axis=tuple(
+      a + 1 for a in pixel_axes)))
+  pert = (jnp.abs(f_diff) + 1e-5) / jnp.maximum(w_norm, 1e-12)
+  best = jnp.argmin(pert, axis=0)                          # [B]
+  pick = lambda a: jnp.take_along_axis(
+      a, best.reshape((1, b) + (1,) * (a.ndim - 2)), axis=0)[0]
+  w_best, norm_best, pert_best = pick(w), pick(w_norm), pick(pert)
+  scale = pert_best / jnp.maximum(norm_best, 1e-12)
+  r_i = scale.reshape((b,) + (1,) * (x.ndim - 1)) * w_best
+  mask = active.reshape((b,) + (1,) * (x.ndim - 1))
+  return (jnp.where(live, i + 1, i), r_tot + jnp.where(mask, r_i, 0.0),
+          active)
 
-  def half_sq_scores(x):
-    if use_logits:
-      return clf.logits(x)
-    return -0.5 * heads.squared_distances(clf.outputs(x), clf.targets)
 
-  if cleverhans:
-    original = jnp.argmax(clf.logits(x), axis=1)
-
-    def candidate_scores(x):
-      return jax.lax.top_k(clf.logits(x), nb_candidate)[0]
-
-    def label(x):
-      return jnp.argmax(clf.logits(x), axis=1)
-  else:
-    candidates = jax.lax.top_k(clf.scores(x), nb_candidate)[1]  # [B, nc]
-    original = candidates[:, 0]
-
-    def candidate_scores(x):
-      return jnp.take_along_axis(half_sq_scores(x), candidates, axis=1)
-
-    label = clf.predict
-
-  def body(carry):
-    i, r_tot, active = carry
-    x_i = jnp.clip(x + r_tot, 0.0, 1.0)
-    f, vjp_fn = jax.vjp(candidate_scores, x_i)
-    cotangents = jnp.broadcast_to(jnp.eye(nb_candidate)[:, None, :],
-                                  (nb_candidate, b, nb_candidate))
-    grads = jax.vmap(lambda ct: vjp_fn(ct)[0])(cotangents)  # [nc, B, ...]
-    w = grads[1:] - grads[:1]                                # [nc-1, B, ...]
-    f_diff = (f[:, 1:] - f[:, :1]).T                         # [nc-1, B]
-    w_norm = jnp.sqrt(jnp.sum(jnp.square(w), axis=tuple(
-        a + 1 for a in pixel_axes)))
-    pert = (jnp.abs(f_diff) + 1e-5) / jnp.maximum(w_norm, 1e-12)
-    best = jnp.argmin(pert, axis=0)                          # [B]
-    pick = lambda a: jnp.take_along_axis(
-        a, best.reshape((1, b) + (1,) * (a.ndim - 2)), axis=0)[0]
-    w_best, norm_best, pert_best = pick(w), pick(w_norm), pick(pert)
-    scale = pert_best / jnp.maximum(norm_best, 1e-12)
-    r_i = scale.reshape((b,) + (1,) * (x.ndim - 1)) * w_best
-    mask = active.reshape((b,) + (1,) * (x.ndim - 1))
-    r_tot = r_tot + jnp.where(mask, r_i, 0.0)
-    still = label(jnp.clip(x + r_tot, 0.0, 1.0)) == original
-    return i + 1, r_tot, active & still
-
-  def cond(carry):
-    i, _, active = carry
-    return jnp.any(active) & (i < max_iter)
-
-  _, r_tot, _ = jax.lax.while_loop(
-      cond, body, (jnp.array(0), jnp.zeros_like(x), jnp.ones((b,), bool)))
+def _finish(clf, x, r_tot, overshoot):
   adv = jnp.clip(x + (1.0 + overshoot) * r_tot, 0.0, 1.0)
   adv = jax.lax.stop_gradient(adv)
   return adv, clf.predict(adv)
+
+
+@functools.partial(jax.jit, static_argnames=_STATIC)
+def _deepfool(clf, x, y, rng, overshoot, max_iter, *, nb_candidate,
+              use_logits, cleverhans):
+  """The DeepFool loop as one program (a while loop); per-example stopping."""
+  del y, rng
+  original, candidates = _origin(clf, x, nb_candidate=nb_candidate,
+                                 cleverhans=cleverhans)
+  scores_fn = _scores_fn(clf, candidates, nb_candidate=nb_candidate,
+                         use_logits=use_logits, cleverhans=cleverhans)
+  carry = (jnp.array(0), jnp.zeros_like(x), jnp.ones((x.shape[0],), bool))
+  _, r_tot, _ = jax.lax.while_loop(
+      lambda c: jnp.any(c[2]) & (c[0] < max_iter),
+      lambda c: _step(x, original, scores_fn, c, max_iter), carry)
+  return _finish(clf, x, r_tot, overshoot)
+
+
+@functools.partial(jax.jit, static_argnames=_STATIC + ('steps',))
+def _chunk(clf, x, original, candidates, carry, max_iter, *, nb_candidate,
+           use_logits, cleverhans, steps):
+  """`steps` unrolled iterations on the clean images x."""
+  scores_fn = _scores_fn(clf, candidates, nb_candidate=nb_candidate,
+                         use_logits=use_logits, cleverhans=cleverhans)
+  for _ in range(steps):
+    carry = _step(x, original, scores_fn, carry, max_iter)
+  return carry
+
+
+_finish_jit = jax.jit(_finish)
+_origin_jit = jax.jit(_origin, static_argnames=('nb_candidate', 'cleverhans'))
+
+
+def _deepfool_chunked(clf, x, y, rng, overshoot, max_iter, *, nb_candidate,
+                      use_logits, cleverhans):
+  """The same attack driven from the host in chunks of unrolled iterations,
+  dropping the examples that have stopped into smaller power-of-two batches
+  between chunks (see `mlrobust.attacks.cw._cw_chunked`)."""
+  del y, rng
+  b = x.shape[0]
+  chunk = functools.partial(_chunk, nb_candidate=nb_candidate,
+                            use_logits=use_logits, cleverhans=cleverhans,
+                            steps=CHUNK)
+  origin = _origin_jit(clf, x, nb_candidate=nb_candidate,
+                       cleverhans=cleverhans)
+  r_full = jnp.zeros_like(x)
+  rows, n = np.arange(b), b  # rows[:n] are examples, the rest repeat them.
+  carry = (jnp.array(0), r_full, jnp.ones((b,), bool))
+  sub = (x, *origin)
+  while True:
+    carry = chunk(clf, *sub, carry, max_iter)
+    i, active = jax.device_get((carry[0], carry[2]))
+    running = active[:n]
+    if i >= max_iter or not running.any():
+      break
+    size = max(MIN_BUCKET, 1 << int(np.ceil(np.log2(running.sum()))))
+    if size < len(rows):
+      r_full = r_full.at[rows[:n]].set(carry[1][:n])
+      keep = rows[:n][running]
+      rows, n = np.concatenate([keep, np.full(size - len(keep),
+                                              keep[0])]), len(keep)
+      sub = (x[rows], *(a[rows] for a in origin))
+      carry = (carry[0], r_full[rows], jnp.ones((size,), bool))
+  r_full = r_full.at[rows[:n]].set(carry[1][:n])
+  return _finish_jit(clf, x, r_full, overshoot)
 
 
 def _decodes_as_argmax_of_logits(clf) -> bool:
@@ -154,7 +232,9 @@ def deepfool(clf, x, y, *, targeted=False, rng=None, nb_candidate=10,
   cleverhans = semantics == 'cleverhans'
   width = clf.targets.shape[1] if cleverhans else clf.num_classes
   nc = min(nb_candidate, width)
-  fn = functools.partial(_deepfool, nb_candidate=nc, use_logits=use_logits,
+  chunked = jax.default_backend() == 'cpu' if CHUNKED is None else CHUNKED
+  fn = functools.partial(_deepfool_chunked if chunked else _deepfool,
+                         nb_candidate=nc, use_logits=use_logits,
                          cleverhans=cleverhans)
   return core.run_batched(
       lambda clf, x, y, key: fn(clf, x, y, key, overshoot, max_iter), clf, x,
