@@ -17,6 +17,7 @@ each of its iterations takes nb_candidate gradients.
 """
 
 import platform
+import sys
 import time
 
 from absl import app
@@ -70,6 +71,24 @@ def main(argv):
 
   grad_s = _timed(lambda: jax.block_until_ready(input_grad(clf, xj, yj)),
                   _REPEATS.value * 3)
+
+  # DeepFool's floor per iteration: one forward pass and nb_candidate = 10
+  # backward passes (the candidate scores' vector-Jacobian products).
+  df = sys.modules['mlrobust.attacks.deepfool']
+
+  candidates = jax.jit(lambda clf, x: df._origin(
+      clf, x, nb_candidate=10, cleverhans=False)[1])(clf, xj)
+
+  @jax.jit
+  def deepfool_floor(clf, x, candidates):
+    fn = df._scores_fn(clf, candidates, nb_candidate=10, use_logits=False,
+                       cleverhans=False)
+    _, vjp_fn, _ = jax.vjp(fn, x, has_aux=True)
+    return jax.vmap(lambda ct: vjp_fn(ct)[0])(
+        jnp.broadcast_to(jnp.eye(10)[:, None, :], (10, x.shape[0], 10)))
+
+  floor_s = _timed(lambda: jax.block_until_ready(
+      deepfool_floor(clf, xj, candidates)), _REPEATS.value * 3)
   cases = [
       ('fgsm', {}, 1),
       ('bim', {}, 10),
@@ -85,26 +104,30 @@ def main(argv):
   print(f'# cpu DenseNet-{config.model.depth}-k{config.model.growth_rate} '
         f'({_PRESET.value}), batch {b}, jax {jax.__version__}, '
         f'{platform.machine()} {jax.devices()[0].device_kind}')
-  print(f'# one input-gradient step: {grad_s * 1e3:.1f} ms per batch')
+  print(f'# one input-gradient step: {grad_s * 1e3:.1f} ms per batch; '
+        f'DeepFool floor (1 forward + 10 backward): {floor_s * 1e3:.1f} ms')
   print('| attack | iterations | ms per image | attack / (iterations x '
-        'gradient step) |')
-  print('|---|---|---|---|')
+        'gradient step) | DeepFool / (iterations x its floor) |')
+  print('|---|---|---|---|---|')
   # CW also as one compiled while-loop program (its path on accelerators,
   # and on the CPU before the host-driven chunks).
   cases += [(f'{name} (while program)', params, iters)
-            for name, params, iters in cases if name.startswith('cw')]
+            for name, params, iters in cases
+            if name.startswith(('cw', 'deepfool'))]
   only = _ONLY.value
   for name, params, iters in cases:
     if only and name.split(' ')[0] not in only:
       continue
     attack = name.split(' ')[0]
     targeted = attack == 'lbfgs'
-    cw.CHUNKED = False if 'while' in name else None
+    cw.CHUNKED = df.CHUNKED = False if 'while' in name else None
     fn = lambda: attacks.get(attack)(clf, x, y, targeted=targeted, **params)
     t = _timed(fn, _REPEATS.value)
+    floor = (f'{t / (iters * floor_s):.2f}' if attack == 'deepfool'
+             else '')
     print(f'| {name} | {iters} | {t / b * 1e3:.2f} | '
-          f'{t / (iters * grad_s):.2f} |', flush=True)
-  cw.CHUNKED = None
+          f'{t / (iters * grad_s):.2f} | {floor} |', flush=True)
+  cw.CHUNKED = df.CHUNKED = None
 
 
 if __name__ == '__main__':

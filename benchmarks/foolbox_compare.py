@@ -24,6 +24,7 @@ misclassifies count as successes here.
 """
 
 import platform
+import sys
 import time
 
 from absl import app
@@ -67,7 +68,8 @@ def main(argv):
   config, clf = workdir_lib.load_run(_WORKDIR.value)
   _, x, y = data.load_test(config.data, _IMAGES.value)
   n = len(x)
-  model = fb.JAXModel(lambda v: clf.scores(v), bounds=(0.0, 1.0))
+  # The class scores, compiled (foolbox differentiates through the call).
+  model = fb.JAXModel(jax.jit(lambda v: clf.scores(v)), bounds=(0.0, 1.0))
   xj, yj = jnp.asarray(x), jnp.asarray(y)
   clean = float(np.mean(np.asarray(clf.predict(xj)) == y))
 
@@ -106,8 +108,14 @@ def main(argv):
   theirs('foolbox L2CarliniWagnerAttack', fb.attacks.L2CarliniWagnerAttack(
       binary_search_steps=5, steps=100, stepsize=5e-3, confidence=0.0,
       initial_const=0.1, abort_early=True))
+  df = sys.modules['mlrobust.attacks.deepfool']
   ours('mlrobust deepfool', lambda: attacks.deepfool(
       clf, x, y, nb_candidate=10, overshoot=0.02, max_iter=50))
+  df.CHUNKED = False
+  ours('mlrobust deepfool, one while-loop program (before)',
+       lambda: attacks.deepfool(clf, x, y, nb_candidate=10, overshoot=0.02,
+                                max_iter=50))
+  df.CHUNKED = None
   theirs('foolbox L2DeepFoolAttack', fb.attacks.L2DeepFoolAttack(
       steps=50, candidates=10, overshoot=0.02, loss='logits'))
 
