@@ -87,6 +87,11 @@ def get_config(dataset: str, arg: str | None, num_classes: int = 10):
   c.train.log_every_steps = 100
   c.train.checkpoint_every_steps = 0  # 0: at the end of every epoch only.
 
+  # Devices: one 'data' axis over all local devices (-1), or the first n:
+  # batches are split across it, parameters replicated (mlrobust/sharding.py).
+  c.mesh = config_dict.ConfigDict()
+  c.mesh.shape = (-1,)
+
   c.eval = config_dict.ConfigDict()
   c.eval.batch_size = 500
   c.eval.num_examples = 1000  # Test images attacked (0 = the whole split).

@@ -27,6 +27,7 @@ import numpy as np
 
 from mlrobust import heads
 from mlrobust import losses
+from mlrobust import sharding
 
 
 class Evaluation(NamedTuple):
@@ -126,10 +127,22 @@ def from_model(model, variables: Any, targets: jax.Array, *, activation: str,
 
 
 def predict_batched(clf: 'Classifier', x, batch_size: int) -> np.ndarray:
-  """Predicted classes [B] of x (numpy), batch_size images per call."""
-  return np.concatenate([np.asarray(clf.predict(x[i:i + batch_size]))
-                         for i in range(0, len(x), batch_size)] or
-                        [np.zeros((0,), np.int32)])
+  """Predicted classes [B] of x (numpy), batch_size images per call, the
+  images split across the devices of `sharding.current()`."""
+  mesh = sharding.current()
+  ndev = mesh.devices.size
+  if ndev > 1:
+    clf = sharding.replicate(clf, mesh)
+  out = []
+  for i in range(0, len(x), batch_size):
+    xb = np.asarray(x[i:i + batch_size])
+    if ndev > 1:
+      xb = sharding.shard(sharding.pad(xb, ndev), mesh)
+    out.append(np.asarray(_predict(clf, xb))[:min(batch_size, len(x) - i)])
+  return np.concatenate(out or [np.zeros((0,), np.int32)])
+
+
+_predict = jax.jit(lambda clf, x: clf.predict(x))
 
 
 def from_function(fn: Callable[..., jax.Array], targets: jax.Array, *,

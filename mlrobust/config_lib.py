@@ -86,6 +86,11 @@ def validate(config: config_dict.ConfigDict) -> None:
     _check(h.activation == 'softmax' and h.targets == 'onehot',
            "loss 'ce' needs head.activation='softmax' and "
            "head.targets='onehot'")
+  shape = tuple(config.mesh.shape)
+  _check(len(shape) == 1 and isinstance(shape[0], int) and
+         (shape[0] == -1 or shape[0] >= 1),
+         f'mesh.shape {shape}: (-1,) for all devices or (n,) with n >= 1 '
+         "(one 'data' axis; parameters are replicated)")
   o = config.optimizer
   _check(o.name in OPTIMIZERS,
          f'optimizer.name {o.name!r}; allowed: {list(OPTIMIZERS)}')

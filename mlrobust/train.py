@@ -26,6 +26,7 @@ from mlrobust import classifier as classifier_lib
 from mlrobust import config_lib
 from mlrobust import data
 from mlrobust import models
+from mlrobust import sharding
 from mlrobust import workdir as workdir_lib
 
 
@@ -139,10 +140,16 @@ def _predict(clf: classifier_lib.Classifier, images: jax.Array) -> jax.Array:
 
 def accuracy(clf: classifier_lib.Classifier, split: data.Split,
              batch_size: int, limit: int = 0) -> float:
-  """Clean accuracy of `clf` on the first `limit` examples (0 = all)."""
+  """Clean accuracy of `clf` on the first `limit` examples (0 = all), the
+  images split across the devices of `sharding.current()`."""
+  mesh = sharding.current()
+  ndev = mesh.devices.size
   correct, total = 0, 0
   for images, labels in data.eval_batches(split, batch_size, limit):
-    correct += int(jnp.sum(_predict(clf, images) == labels))
+    if ndev > 1:
+      images = sharding.shard(sharding.pad(np.asarray(images), ndev), mesh)
+    prediction = np.asarray(_predict(clf, images))[:len(labels)]
+    correct += int(np.sum(prediction == np.asarray(labels)))
     total += len(labels)
   return correct / total
 
@@ -187,11 +194,14 @@ def train_and_evaluate(config, workdir: str) -> dict:
       checkpoint stays).
   """
   config_lib.validate(config)
-  with workdir_lib.lock(workdir):  # Creates the workdir; one writer.
-    return _train_and_evaluate(config, workdir)
+  # Data parallel: the batch split across the mesh, the state replicated.
+  mesh = sharding.make_mesh(config.mesh.shape)
+  sharding.check_batch(config.train.batch_size, mesh, 'train.batch_size')
+  with workdir_lib.lock(workdir), sharding.use(mesh):  # Creates the workdir.
+    return _train_and_evaluate(config, workdir, mesh)
 
 
-def _train_and_evaluate(config, workdir: str) -> dict:
+def _train_and_evaluate(config, workdir: str, mesh) -> dict:
   start_time = time.time()
   workdir_lib.check_or_write_config(config, workdir)
   dataset = data.load(config.data)
@@ -215,6 +225,7 @@ def _train_and_evaluate(config, workdir: str) -> dict:
     state = TrainState(**checkpoints.restore(manager, _state_dict(state)))
     logging.info('Resumed from step %d of %d', int(state.step), total_steps)
   step = int(state.step)
+  state = sharding.replicate(state, mesh)
   workdir_lib.truncate_metrics(workdir, step)
 
   step_fn = jax.jit(
@@ -223,8 +234,8 @@ def _train_and_evaluate(config, workdir: str) -> dict:
                         loss_name=config.loss,
                         augment_kind=config.train.augment),
       donate_argnums=(0,))
-  base_key = jax.random.key(config.seed)
-  targets_device = jnp.asarray(targets)
+  base_key = sharding.replicate(jax.random.key(config.seed), mesh)
+  targets_device = sharding.replicate(jnp.asarray(targets), mesh)
   ckpt_every = config.train.checkpoint_every_steps
 
   def to_classifier(s):
@@ -236,9 +247,9 @@ def _train_and_evaluate(config, workdir: str) -> dict:
   window_start, window_steps = time.time(), 0
   while step < total_steps:
     idx = data.train_batch_indices(config.seed, step, batch_size, n_train)
-    state, metrics = step_fn(state, dataset.train.images[idx],
-                             dataset.train.labels[idx], base_key,
-                             targets_device)
+    images, labels = sharding.shard(
+        (dataset.train.images[idx], dataset.train.labels[idx]), mesh)
+    state, metrics = step_fn(state, images, labels, base_key, targets_device)
     pending.append((step, metrics))
     step += 1
     window_steps += 1

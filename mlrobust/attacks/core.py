@@ -15,6 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from mlrobust import classifier as classifier_lib
+from mlrobust import sharding
 
 # Losses of the gradient attacks. 'train': the model's own training loss
 # against the target representation (cross-entropy for CE models, MSE for MSE
@@ -224,16 +225,28 @@ def run_batched(fn: Callable, clf, x: np.ndarray, y: np.ndarray, *,
   n = len(x)
   batch_size = batch_size or max(n, 1)
   check_values(batch_size=batch_size)
+  mesh = sharding.current()
+  ndev = mesh.devices.size
+  if ndev > 1:  # Examples split across the devices, the model on each.
+    clf = sharding.replicate(clf, mesh)
   outs = []
   for start in range(0, n, batch_size):
     xb_host = x[start:start + batch_size]
-    xb = jnp.asarray(xb_host)
-    yb = jnp.asarray(y[start:start + batch_size])
-    args = (clf, xb, yb, example_keys(rng, xb_host))
+    parts = [xb_host, y[start:start + batch_size]]
     if extra is not None:
-      args += (jnp.asarray(extra[start:start + batch_size]),)
-    adv, pred = fn(*args, **kwargs)
-    outs.append(jax.device_get(_outcome(adv, xb, pred, yb, targeted)))
+      parts.append(extra[start:start + batch_size])
+    real = len(xb_host)
+    if ndev > 1:  # Padding repeats an example: it changes no other result.
+      parts = [sharding.pad(np.asarray(a), ndev) for a in parts]
+    keys = example_keys(rng, parts[0])
+    arrays = [jnp.asarray(a) for a in parts] + [keys]
+    if ndev > 1:
+      arrays = sharding.shard(arrays, mesh)
+    xb, yb, *rest = arrays
+    *extra_b, keys = rest
+    adv, pred = fn(clf, xb, yb, keys, *extra_b, **kwargs)
+    outs.append([a[:real] for a in jax.device_get(
+        _outcome(adv, xb, pred, yb, targeted))])
   if not outs:
     empty = np.zeros((0,), np.float32)
     return AttackResult(x.copy(), empty.astype(bool), empty, empty,
