@@ -42,6 +42,7 @@ import sys
 from absl import app
 from absl import flags
 from absl import logging
+import jax
 from ml_collections import config_flags
 
 from mlrobust import adaptive_run
@@ -53,6 +54,7 @@ from mlrobust import evaluate
 from mlrobust import grids
 from mlrobust import lipschitz_run
 from mlrobust import report
+from mlrobust import sharding
 from mlrobust import sweep
 from mlrobust import train
 from mlrobust import workdir
@@ -130,6 +132,9 @@ def _sweep_spec() -> sweep.Spec:
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
+  if sharding.maybe_initialize_distributed():
+    logging.info('jax.distributed: process %d of %d, %d devices in all',
+                 jax.process_index(), jax.process_count(), jax.device_count())
   mode, config = _MODE.value, _CONFIG.value
   if mode in MULTI_MODES:
     if not _WORKDIRS.value or not _OUT.value:
