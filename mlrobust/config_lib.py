@@ -86,7 +86,8 @@ def validate(config: config_dict.ConfigDict) -> None:
     _check(h.activation == 'softmax' and h.targets == 'onehot',
            "loss 'ce' needs head.activation='softmax' and "
            "head.targets='onehot'")
-  shape = tuple(config.mesh.shape)
+  # Runs saved before meshes existed have no mesh field: all devices.
+  shape = tuple(config.get('mesh', {}).get('shape', (-1,)))
   _check(len(shape) == 1 and isinstance(shape[0], int) and
          (shape[0] == -1 or shape[0] >= 1),
          f'mesh.shape {shape}: (-1,) for all devices or (n,) with n >= 1 '

@@ -107,3 +107,16 @@ def test_launch_fails_before_any_work(args, message, tmp_path):
   assert result.returncode != 0
   assert message in result.stderr + result.stdout
   assert not workdir.exists()  # Nothing was started.
+
+
+def test_a_run_saved_before_meshes_existed_still_validates():
+  from ml_collections import config_dict  # pylint: disable=g-import-not-at-top
+
+  from mlrobust import config_lib  # pylint: disable=g-import-not-at-top
+  old = mnist.get_config('tanh_mse,smoke').to_dict()
+  del old['mesh']
+  config_lib.validate(config_dict.ConfigDict(old))
+  bad = mnist.get_config('tanh_mse,smoke')
+  bad.mesh.shape = (0,)
+  with pytest.raises(ValueError, match='mesh.shape'):
+    config_lib.validate(bad)
