@@ -80,9 +80,10 @@ _WORKDIR = flags.DEFINE_string('workdir', None,
                                'evaluate, lipschitz).')
 _WORKDIRS = flags.DEFINE_list('workdirs', None,
                               'Trained runs, comma-separated (report, '
-                              'figure4).')
+                              'figure4, sweep).')
 _OUT = flags.DEFINE_string('out', None,
-                           'Output: a folder (report) or a .png (figure4).')
+                           'Output: a folder (report, sweep) or a .png '
+                           '(figure4).')
 _SPLICE = flags.DEFINE_string('splice', None,
                               'report: also replace the report section of '
                               'this markdown file.')
