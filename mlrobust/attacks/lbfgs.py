@@ -2,15 +2,18 @@
 
 Minimises, per example, c * loss(x', target) + ||x' - x||_2^2 over the box
 [0, 1], with a binary search over c (5 steps) and up to 1000 L-BFGS iterations
-per step, keeping the closest successful x'. As in cleverhans v2.1 (which the
+per step (an example stops early when its projected gradient vanishes),
+keeping the closest successful x'. As in cleverhans v2.1 (which the
 paper used), c weighs the classification loss, so larger c means more
 aggressive attacks (success rises with c in the paper's Table 5). Each example
 is its own L-BFGS problem (cleverhans attacks one image at a time), vmapped
 over the batch, so a result never depends on the other images of a batch.
-cleverhans calls scipy's L-BFGS-B; here it is optax's L-BFGS with a zoom line
-search, projected onto the box after every step, so that the attack is one
-compiled program. The loss defaults to the model's training loss against the
-target's representation (Saito & Roy Section 4.3.2).
+cleverhans calls scipy's L-BFGS-B; here it is optax's L-BFGS on the projected
+gradient (pixels at a bound that the gradient pushes outwards are held), with
+a backtracking line search along the projected path, so that the attack is
+one compiled program; a test holds it against scipy's L-BFGS-B. The loss
+defaults to the model's training loss against the target's representation
+(Saito & Roy Section 4.3.2).
 """
 
 import functools
@@ -20,6 +23,19 @@ import jax.numpy as jnp
 import optax
 
 from mlrobust.attacks import core
+
+# scipy's L-BFGS-B projected-gradient tolerance (its default, as cleverhans
+# v2.1 called it): an example whose projected gradient is this small stops.
+# scipy's other rule (relative decrease below factr * eps) is not used: in
+# float32 it fires on the first step that rounds to no change, measured to
+# cost success (0.875 vs 0.969 on 32 MNIST images at 100 iterations).
+PGTOL = 1e-5
+
+
+def _linesearch():
+  """Armijo backtracking from the unit step (halving; values only)."""
+  return optax.scale_by_backtracking_linesearch(
+      max_backtracking_steps=20, decrease_factor=0.5, increase_factor=1e6)
 
 
 @functools.partial(jax.jit, static_argnames=(
@@ -37,12 +53,18 @@ def _lbfgs(clf, x, y, rng, initial_const, *, loss, binary_search_steps,
   return best_adv, clf.predict(best_adv)
 
 
+def _projected(grad, x):
+  """The gradient with its out-of-box components at the bounds zeroed."""
+  return jnp.where(x <= 0.0, jnp.minimum(grad, 0.0),
+                   jnp.where(x >= 1.0, jnp.maximum(grad, 0.0), grad))
+
+
 def _solve_one(clf, x, y, *, initial_const, loss, binary_search_steps,
                max_iterations, cleverhans):
   """The attack on one example (x [1, H, W, C]): its own line searches and
   Hessian approximation."""
   axes = tuple(range(1, x.ndim))
-  opt = optax.lbfgs()
+  opt = optax.lbfgs(linesearch=_linesearch())
 
   def search_round(const, best_l2, best_adv):
 
@@ -50,15 +72,33 @@ def _solve_one(clf, x, y, *, initial_const, loss, binary_search_steps,
       l2 = jnp.sum(jnp.square(x_new - x), axis=axes)
       return jnp.sum(const * core.attack_loss(clf, x_new, y, loss) + l2)
 
-    def step(_, state):
-      x_new, opt_state = state
-      value, grad = jax.value_and_grad(objective)(x_new)
-      updates, opt_state = opt.update(grad, opt_state, x_new, value=value,
-                                      grad=grad, value_fn=objective)
-      x_new = jnp.clip(optax.apply_updates(x_new, updates), 0.0, 1.0)
-      return x_new, opt_state
+    value_and_grad = jax.value_and_grad(objective)
+    on_box = lambda v: objective(jnp.clip(v, 0.0, 1.0))
 
-    x_new, _ = jax.lax.fori_loop(0, max_iterations, step, (x, opt.init(x)))
+    def cond(state):
+      return jnp.logical_and(state[0] < max_iterations,
+                             jnp.logical_not(state[-1]))
+
+    def step(state):
+      i, x_cur, value, grad, opt_state, _ = state
+      # Pixels at a bound whose gradient points out of the box stay there;
+      # the line search runs on the projected path.
+      updates, opt_state = opt.update(
+          _projected(grad, x_cur), opt_state, x_cur, value=value,
+          grad=_projected(grad, x_cur), value_fn=on_box)
+      x_next = jnp.clip(optax.apply_updates(x_cur, updates), 0.0, 1.0)
+      value_next, grad_next = value_and_grad(x_next)
+      converged = jnp.max(jnp.abs(_projected(grad_next, x_next))) <= PGTOL
+      # A projected step that raises the objective is not taken.
+      keep = value_next <= value
+      x_next, value_next, grad_next = jax.tree.map(
+          lambda new, old: jnp.where(keep, new, old),
+          (x_next, value_next, grad_next), (x_cur, value, grad))
+      return i + 1, x_next, value_next, grad_next, opt_state, converged
+
+    value, grad = value_and_grad(x)
+    state = (0, x, value, grad, opt.init(x), jnp.asarray(False))
+    _, x_new, *_ = jax.lax.while_loop(cond, step, state)
     if cleverhans:
       success = core.cleverhans_success(clf, x_new, y, True)
     else:
