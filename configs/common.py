@@ -112,7 +112,7 @@ def get_config(dataset: str, arg: str | None, num_classes: int = 10):
   # Images per cell of an entry whose `images` is None, by attack family
   # (0: the whole test split); figure1: the ladder (None: as linf).
   c.eval.images = config_dict.ConfigDict()
-  c.eval.images.linf = 0  # fgsm, bim, mim, pgd
+  c.eval.images.linf = 0  # fgsm, bim, mim, pgd, apgd, square
   c.eval.images.deepfool = 0
   c.eval.images.cw = 0  # cw_l2, cw_l2_distance
   c.eval.images.lbfgs = 0
@@ -130,7 +130,7 @@ def get_config(dataset: str, arg: str | None, num_classes: int = 10):
   c.adaptive = config_dict.ConfigDict()
   c.adaptive.eps = (0.01, 0.05, 0.1, 0.2)  # The paper's Linf grid (Table 1).
   c.adaptive.num_examples = 1000  # 0 = the whole test split.
-  c.adaptive.members = ('apgd-ce', 'apgd-t', 'pgd-margin')
+  c.adaptive.members = ('apgd-ce', 'apgd-t', 'pgd-margin', 'square')
   c.adaptive.seed = 0
 
   # --mode=attack. Unset (None) parameters take the attack's defaults, which
@@ -156,6 +156,8 @@ def get_config(dataset: str, arg: str | None, num_classes: int = 10):
   c.attack.semantics = config_dict.placeholder(str)
   c.attack.n_iter = config_dict.placeholder(int)  # apgd
   c.attack.rho = config_dict.placeholder(float)  # apgd
+  c.attack.n_queries = config_dict.placeholder(int)  # square
+  c.attack.p_init = config_dict.placeholder(float)  # square
   c.attack.batch_size = 128  # Images per compiled attack call.
   c.attack.seed = 0  # Random targets and PGD starts.
 

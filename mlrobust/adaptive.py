@@ -69,6 +69,11 @@ def _pgd_margin(clf, x, y, eps, rng, effort):
   return _result(clf, x, y, adv)
 
 
+def _square(clf, x, y, eps, rng, effort):
+  """The score-based Square Attack: no gradients, so masking cannot stop it."""
+  return attacks.square(clf, x, y, eps=eps, n_queries=1000 * effort, rng=rng)
+
+
 def _result(clf, x, y, adv):
   pred = np.asarray(clf.predict(jnp.asarray(adv)))
   flat = (adv - x).reshape(len(x), -1)
@@ -77,9 +82,12 @@ def _result(clf, x, y, adv):
 
 
 # The ensemble's members, strongest-first as in AutoAttack's standard
-# version (APGD-CE, APGD-T; Square and FAB-T are not here yet).
-MEMBERS = {'apgd-ce': _apgd_ce, 'apgd-t': _apgd_t, 'pgd-margin': _pgd_margin}
-DEFAULT_MEMBERS = ('apgd-ce', 'apgd-t', 'pgd-margin')
+# version (APGD-CE, APGD-T, then the score-based Square; FAB-T is not here
+# yet). The white-box ones read gradients; Square only the class scores.
+MEMBERS = {'apgd-ce': _apgd_ce, 'apgd-t': _apgd_t, 'pgd-margin': _pgd_margin,
+           'square': _square}
+WHITE_BOX = ('apgd-ce', 'apgd-t', 'pgd-margin')
+DEFAULT_MEMBERS = WHITE_BOX + ('square',)
 
 
 def ensemble(clf, x, y, eps, *, members=DEFAULT_MEMBERS, rng=None,
@@ -225,6 +233,17 @@ def checklist(clf, x, y, *, eps_grid, ensemble_accuracy, rng=None) -> list:
          abs(doubled - single_effort) < 0.005,
          {f'eps={eps:g}': {'effort 1': single_effort, 'effort 2': doubled}},
          'the number is not converged: report the stronger one')
+    white = ensemble(clf, x, y, eps, members=WHITE_BOX,
+                     rng=rng)['robust_accuracy']
+    black = ensemble(clf, x, y, eps, members=('square',),
+                     rng=rng)['robust_accuracy']
+    item("white-box >= black-box: the gradient members' accuracy <= "
+         "Square's alone + 0.01", white <= black + 0.01,
+         {f'eps={eps:g}': {'white-box (' + ', '.join(WHITE_BOX) + ')': white,
+                           'square': black}},
+         'an attack that never sees a gradient beats the gradient attacks: '
+         'the gradients are masked or misleading (Carlini et al. 2019); '
+         'trust only numbers of ensembles that include Square')
   health = gradient_health(clf, x, y)
   zero = [v for k, v in health.items() if k.startswith('zero')]
   item('gradient health (zero or non-finite input gradients < 5%)',

@@ -39,9 +39,9 @@ from mlrobust import paper_tables
 # iteration budget (config.eval.max_iterations.<family>).
 FAMILIES = {'fgsm': 'linf', 'bim': 'linf', 'mim': 'linf', 'pgd': 'linf',
             'deepfool': 'deepfool', 'cw_l2': 'cw', 'cw_l2_distance': 'cw',
-            'lbfgs': 'lbfgs', 'apgd': 'linf'}
+            'lbfgs': 'lbfgs', 'apgd': 'linf', 'square': 'linf'}
 # The order in which cells run: fast attacks first.
-ORDER = ('fgsm', 'bim', 'mim', 'pgd', 'apgd', 'deepfool', 'cw_l2',
+ORDER = ('fgsm', 'bim', 'mim', 'pgd', 'apgd', 'square', 'deepfool', 'cw_l2',
          'cw_l2_distance', 'lbfgs')
 PAPER_TABLES = ('table3', 'table5', 'table6', 'table7', 'figure1')
 FIGURE1_EPS = (0.01, 0.02, 0.03, 0.04, 0.06, 0.08, 0.1, 0.15, 0.2, 0.25, 0.3,

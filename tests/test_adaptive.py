@@ -46,11 +46,13 @@ def test_checklist_passes_a_plain_model_and_fails_a_masked_one():
   assert plain['unbounded budget']['pass']
   assert plain['gradient health']['pass']
   assert plain['monotone in budget']['pass']
+  assert plain['white-box >= black-box']['pass']
   # The same model with its logits rounded: zero gradient almost everywhere,
   # so gradient attacks see nothing, yet it is no more robust.
   masked = classifier.from_function(
       lambda p, x_: jnp.round(clf.apply_fn(p, x_)), clf.targets,
       params=clf.variables, activation='softmax', loss='ce')
+  grid = (0.1, 0.4)  # Square, which needs no gradient, breaks it at 0.4.
   acc = [adaptive.ensemble(masked, x, y, e)['robust_accuracy'] for e in grid]
   checks = _checks(adaptive.checklist(masked, x, y, eps_grid=grid,
                                       ensemble_accuracy=acc))
@@ -58,6 +60,12 @@ def test_checklist_passes_a_plain_model_and_fails_a_masked_one():
   assert not checks['gradient health']['pass']
   assert checks['gradient health']['numbers'][
       'zero_or_nonfinite_gradient_ce'] > 0.9
+  versus = checks['white-box >= black-box']
+  assert not versus['pass']
+  numbers = versus['numbers']['eps=0.4']
+  assert numbers['square'] < 0.1 < 0.9 < numbers[
+      'white-box (apgd-ce, apgd-t, pgd-margin)']
+  assert acc[1] <= numbers['square']  # The ensemble includes Square.
 
 
 def test_adaptive_mode_writes_resumable_cells_and_the_checklist(trained):
@@ -82,7 +90,7 @@ def test_adaptive_mode_writes_resumable_cells_and_the_checklist(trained):
 
 def test_bad_adaptive_config_fails_before_work(tmp_path):
   config = conftest.smoke_config()
-  config.adaptive.members = ('apgd-ce', 'square')
-  with pytest.raises(ValueError, match="unknown \\['square'\\]"):
+  config.adaptive.members = ('apgd-ce', 'fab-t')
+  with pytest.raises(ValueError, match="unknown \\['fab-t'\\]"):
     adaptive_run.run_adaptive(config, str(tmp_path / 'none'))
   assert not os.path.exists(tmp_path / 'none')

@@ -257,6 +257,7 @@ def test_cw_l2_on_codewords_keeps_the_iterates_that_decode_as_the_target():
                             binary_search_steps=2)),
     ('lbfgs', dict(initial_const=1.0, max_iterations=5,
                    binary_search_steps=2)),
+    ('square', dict(eps=0.1, n_queries=50)),
 ])
 def test_an_examples_result_does_not_depend_on_its_batch(name, kwargs):
   clf = _codeword_linear()
@@ -334,6 +335,12 @@ def test_trained_model_pgd_beats_fgsm_and_targeted_success_rises():
     (dict(name='cw_l2', initial_const=0.0), 'initial_const must be > 0'),
     (dict(name='deepfool', targeted=True), 'untargeted only'),
     (dict(name='lbfgs', targeted=False), 'targeted only'),
+    (dict(name='square', targeted=True), 'square is untargeted only'),
+    (dict(name='square', n_queries=0), 'n_queries must be >= 1'),
+    (dict(name='square', n_queries=10.0), 'n_queries must be an integer'),
+    (dict(name='square', p_init=0.0), 'p_init must be > 0'),
+    (dict(name='square', p_init=1.5), 'p_init must be <= 1'),
+    (dict(name='square', eps=-0.1), 'eps must be >= 0'),
 ])
 def test_invalid_parameters_raise(kwargs, match):
   clf, _, _ = _affine()
@@ -624,3 +631,136 @@ def test_deepfool_in_host_driven_chunks_equals_the_single_program(
   np.testing.assert_allclose(chunks.adv, one.adv, atol=1e-5)
   np.testing.assert_array_equal(chunks.success, one.success)
   assert np.abs(one.adv - x).max() > 0.01  # It moved.
+
+
+def test_square_stays_in_ball_and_box_on_plus_minus_eps():
+  clf = _densenet_classifier()
+  x = np.array(jax.random.uniform(jax.random.key(3), (5, 8, 8, 1)))
+  x[0] = 0.0
+  x[1] = 1.0  # Saturated images test the box.
+  x_copy = x.copy()
+  y = np.asarray(clf.predict(jnp.asarray(x)))
+  eps = 0.1
+  result = attacks.square(clf, x, y, eps=eps, n_queries=25)
+  np.testing.assert_array_equal(x, x_copy)  # Input untouched.
+  assert np.all(np.abs(result.adv - x) <= eps + 1e-6)
+  assert result.adv.min() >= 0 and result.adv.max() <= 1
+  # Start and windows set every pixel to x +- eps (then clipped to the box).
+  up, down = np.clip(x + eps, 0, 1), np.clip(x - eps, 0, 1)
+  assert np.all(np.isclose(result.adv, up, atol=1e-6) |
+                np.isclose(result.adv, down, atol=1e-6))
+  np.testing.assert_array_equal(
+      result.prediction, np.asarray(clf.predict(jnp.asarray(result.adv))))
+  np.testing.assert_array_equal(result.success, result.prediction != y)
+  np.testing.assert_allclose(result.linf, np.abs(result.adv - x).reshape(
+      5, -1).max(1), rtol=1e-6)
+
+
+def _gradient_trap(clf):
+  """`clf` whose forward pass fails under any differentiation."""
+
+  @jax.custom_vjp
+  def trap(z):
+    return z
+
+  def backward(residual, g):
+    del residual, g
+    raise AssertionError('a gradient of the scores was taken')
+
+  trap.defvjp(lambda z: (z, None), backward)
+  return classifier.from_function(
+      lambda p, x_: trap(clf.apply_fn(p, x_)), clf.targets,
+      params=clf.variables, activation=clf.activation, loss=clf.loss_name)
+
+
+def test_square_breaks_a_trained_model_without_gradients():
+  clf, x, y = _trained_mlp()
+  x, y = x[:100], y[:100]
+  trapped = _gradient_trap(clf)
+  with pytest.raises(AssertionError, match='gradient'):  # The trap works.
+    attacks.pgd(trapped, x, y, eps=0.4, eps_iter=0.02)
+  pgd = attacks.pgd(clf, x, y, eps=0.4, eps_iter=0.02)
+  result = attacks.square(trapped, x, y, eps=0.4)
+  assert np.mean(pgd.prediction == y) < 0.05
+  assert np.mean(result.prediction == y) < 0.05
+  np.testing.assert_array_equal(result.success, result.prediction != y)
+  # eps = 0: nothing moves, nothing breaks.
+  clean = np.asarray(clf.predict(jnp.asarray(x)))
+  still = attacks.square(trapped, x, y, eps=0.0, n_queries=50)
+  np.testing.assert_array_equal(still.adv, x)
+  np.testing.assert_array_equal(still.prediction, clean)
+
+
+def test_square_window_schedule_is_the_papers():
+  square = sys.modules['mlrobust.attacks.square']  # The module.
+
+  def paper_p(i, n, p_init):  # The paper's piecewise p, by hand.
+    it = int(i / n * 10000)
+    for k, bound in enumerate((10, 50, 200, 500, 1000, 2000, 4000, 6000,
+                               8000)):
+      if it <= bound:
+        return p_init / 2**k
+    return p_init / 2**9
+
+  side_fn = jax.jit(square.window_side, static_argnums=(3, 4))
+  for n, p_init, (h, w) in ((10000, 0.8, (28, 28)), (1000, 0.05, (32, 32)),
+                            (77, 1.0, (8, 6))):
+    at = jnp.asarray(square.thresholds(n))
+    sides = [int(side_fn(i, at, p_init, h, w)) for i in range(n - 1)]
+    expected = [min(max(int(round(np.sqrt(paper_p(i, n, p_init) * h * w))),
+                        1), min(h, w)) for i in range(n - 1)]
+    assert sides == expected, (n, p_init)
+  assert square.thresholds(10000)[0] == 11  # p halves after iteration 10.
+
+
+@pytest.mark.parametrize('n_queries', [1, 23])
+def test_square_in_host_driven_chunks_equals_the_while_loop(n_queries,
+                                                            monkeypatch):
+  square = sys.modules['mlrobust.attacks.square']
+  monkeypatch.setattr(square, 'CHUNK', 10)  # 23: the last chunk overruns.
+  clf = _codeword_linear()
+  x = np.asarray(jax.random.uniform(jax.random.key(9), (12, *SHAPE)))
+  y = np.asarray(clf.predict(jnp.asarray(x)))
+  results = []
+  for chunked in (False, True):
+    monkeypatch.setattr(square, 'CHUNKED', chunked)
+    results.append(attacks.square(clf, x, y, eps=0.05, n_queries=n_queries,
+                                  rng=jax.random.key(1)))
+  one, chunks = results
+  np.testing.assert_allclose(chunks.adv, one.adv, atol=1e-6)
+  np.testing.assert_array_equal(chunks.success, one.success)
+  # One more query can change the result, so the count is exact.
+  more = attacks.square(clf, x, y, eps=0.05, n_queries=n_queries + 1,
+                        rng=jax.random.key(1))
+  assert not np.array_equal(more.adv, one.adv)
+
+
+def test_square_sweeps_compile_once():
+  clf = _codeword_linear()
+  x = np.asarray(jax.random.uniform(jax.random.key(3), (4, *SHAPE)))
+  y = np.asarray(clf.predict(jnp.asarray(x)))
+  attacks.square(clf, x, y, eps=0.01, n_queries=12)  # Compiles.
+  with conftest.count_compiles() as compiles:
+    for eps, n_queries, p_init in ((0.05, 12, 0.8), (0.1, 31, 0.3),
+                                   (0.2, 5, 1.0)):
+      attacks.square(clf, x, y, eps=eps, n_queries=n_queries, p_init=p_init)
+  assert not compiles
+
+
+def test_square_is_configured_like_every_attack():
+  from configs import mnist  # pylint: disable=g-import-not-at-top
+  config = mnist.get_config('tanh_mse,smoke')
+  assert set(attacks.PARAM_FIELDS) <= set(config.attack)
+  config.attack.name = 'square'
+  config.attack.eps = 0.1
+  config.attack.n_queries = 50
+  config.attack.p_init = 0.5
+  assert attacks.params_from_config(config.attack) == {
+      'eps': 0.1, 'n_queries': 50, 'p_init': 0.5}
+  config.attack.p_init = 1.5
+  with pytest.raises(ValueError, match='p_init must be <= 1'):
+    attacks.params_from_config(config.attack)
+  config.attack.p_init = None
+  config.attack.targeted = True
+  with pytest.raises(ValueError, match='untargeted only'):
+    attacks.params_from_config(config.attack)

@@ -137,8 +137,8 @@ def check_inputs(clf: classifier_lib.Classifier, x, y, *, targeted: bool):
 
 
 def check_param(name: str, value, *, minimum=None, exclusive=False,
-                integer=False):
-  """Raises ValueError unless value >= minimum (> if exclusive)."""
+                integer=False, maximum=None):
+  """Raises ValueError unless minimum <= value (< if exclusive) <= maximum."""
   if integer and (not isinstance(value, (int, np.integer)) or
                   isinstance(value, bool)):
     raise ValueError(f'{name} must be an integer, got {value!r}')
@@ -150,6 +150,8 @@ def check_param(name: str, value, *, minimum=None, exclusive=False,
     if bad:
       op = '>' if exclusive else '>='
       raise ValueError(f'{name} must be {op} {minimum}, got {value!r}')
+  if maximum is not None and np.any(v > maximum):
+    raise ValueError(f'{name} must be <= {maximum}, got {value!r}')
 
 
 # The allowed values of every attack parameter (checked before any work).
@@ -167,6 +169,8 @@ PARAM_RULES = {
     'nb_candidate': dict(minimum=2, integer=True),
     'overshoot': dict(minimum=0),
     'batch_size': dict(minimum=1, integer=True),
+    'n_queries': dict(minimum=1, integer=True),
+    'p_init': dict(minimum=0, exclusive=True, maximum=1),
 }
 
 

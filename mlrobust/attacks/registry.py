@@ -23,22 +23,23 @@ from mlrobust.attacks.gradient import fgsm
 from mlrobust.attacks.gradient import mim
 from mlrobust.attacks.gradient import pgd
 from mlrobust.attacks.lbfgs import lbfgs
+from mlrobust.attacks.square import square
 
 ATTACKS = {
     'fgsm': fgsm, 'bim': bim, 'mim': mim, 'pgd': pgd, 'lbfgs': lbfgs,
     'deepfool': deepfool, 'cw_l2': cw_l2, 'cw_l2_distance': cw_l2_distance,
-    'apgd': apgd,
+    'apgd': apgd, 'square': square,
 }
 # Which attacks can run targeted / untargeted (Saito & Roy Section 2.3).
 TARGETED_ONLY = ('lbfgs',)
-UNTARGETED_ONLY = ('deepfool',)
+UNTARGETED_ONLY = ('deepfool', 'square')
 # The attack parameters a config or a grid may set (config.attack.<field>).
 PARAM_FIELDS = ('loss', 'eps', 'eps_iter', 'nb_iter', 'decay', 'initial_const',
                 'binary_search_steps', 'max_iterations', 'learning_rate',
                 'confidence', 'max_iter', 'nb_candidate', 'overshoot',
-                'semantics', 'n_iter', 'rho')
+                'semantics', 'n_iter', 'rho', 'n_queries', 'p_init')
 INT_PARAMS = ('nb_iter', 'binary_search_steps', 'max_iterations', 'max_iter',
-              'nb_candidate', 'n_iter')
+              'nb_candidate', 'n_iter', 'n_queries')
 
 
 def get(name: str):
