@@ -17,7 +17,8 @@ Modes on one run (need --config and --workdir):
 Modes on several trained runs (need --workdirs and --out; each run's own
 config.json is used, so --config is not needed):
   report     tables next to the paper's, plots and Figures 1-3 in the --out
-             folder; --splice=DOC.md also replaces DOC.md's report section
+             folder, and the adaptive evaluation of runs that have one;
+             --splice=DOC.md also replaces DOC.md's report section
              (mlrobust/report.py);
   figure4    Figure 4 (--out=F.png) and its per-layer tables (F.md),
              computing lipschitz.json where missing (or all, --recompute);

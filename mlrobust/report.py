@@ -12,7 +12,12 @@ and the saved example images are read), and writes
 - DIR/<dataset>_table3.png, _table5.png: accuracy / success rate against the
   swept parameter, one line per model, the paper's values dashed;
 - DIR/<dataset>_figure1.png, _figure2.png, _figure3.png: clean images above
-  their adversarial versions (Figures 1-3 of the paper).
+  their adversarial versions (Figures 1-3 of the paper);
+- for workdirs with results of `--mode=adaptive` (W/adaptive/*.json), a
+  section "Adaptive evaluation" after Table 7 (robust accuracy against eps
+  under the paper-style PGD, FGSM, APGD-CE, random noise and the ensemble,
+  and the masking checklist) and DIR/<dataset>_adaptive.png
+  (`mlrobust.adaptive_report`).
 With --splice, the tables also replace the text between the
 `<!-- report:begin -->` and `<!-- report:end -->` lines of DOC.md (how
 REPRODUCTION.md is kept in step with its result files).
@@ -24,6 +29,7 @@ import os
 
 import numpy as np
 
+from mlrobust import adaptive_report
 from mlrobust import models
 from mlrobust import paper_tables
 from mlrobust import plots
@@ -61,6 +67,10 @@ class Run:
     self.model = models.label(config['model'])
     self.cells = workdir_lib.cell_results(workdir)
     self._check_cells()
+    self.adaptive = adaptive_report.read(
+        workdir, (self.dataset, self.preset, self.model),
+        {c['model_fingerprint'] for c in self.cells
+         if c.get('model_fingerprint')})
     self.size = config.get('size')
     self.clean_accuracy = workdir_lib.clean_test_accuracy(workdir)
     self.num_test = config['data'].get('num_test') or 'all'
@@ -417,8 +427,10 @@ def render(workdirs, out_dir: str) -> str:
            'Paper values: Saito & Roy, Tables 3-7 '
            '(`mlrobust/paper_tables.py`). Runs:', '']
   for r in runs:
+    adaptive = (f", adaptive evaluation on {r.adaptive['num_examples']} "
+                'images' if r.adaptive else '')
     lines.append(f'- {r.dataset} {r.preset} ({r.model}, size {r.size}): '
-                 f'`{r.workdir}`, {len(r.cells)} cells')
+                 f'`{r.workdir}`, {len(r.cells)} cells{adaptive}')
   if any(d == 'cifar10_jpeg' for d in groups):
     lines.append('\n`cifar10_jpeg` (a JPEG copy of CIFAR-10) is compared with '
                  "the paper's CIFAR-10 numbers.")
@@ -431,6 +443,7 @@ def render(workdirs, out_dir: str) -> str:
   lines += table6(groups)
   lines += ['## Table 7: targeted CWL2 vs CWL2-distance (success rate)', '']
   lines += table7(groups)
+  lines += adaptive_report.section(groups)
   lines += ['## Plots', '']
   for dataset, by_preset in groups.items():
     for t in ('table3', 'table5'):
@@ -440,6 +453,9 @@ def render(workdirs, out_dir: str) -> str:
     for path in figures(dataset, by_preset, out_dir):
       name = os.path.basename(path)
       lines.append(f'![{name}]({name})')
+    name = f'{dataset}_adaptive.png'
+    if adaptive_report.plot(dataset, by_preset, os.path.join(out_dir, name)):
+      lines.append(f'![{dataset} adaptive]({name})')
   path = os.path.join(out_dir, 'report.md')
   workdir_lib.write_text(path, '\n'.join(lines) + '\n')
   return path
