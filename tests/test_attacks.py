@@ -580,6 +580,43 @@ def test_targeted_apgd_reaches_targets():
     attacks.apgd(clf4, x, t, targeted=True)
 
 
+@pytest.mark.parametrize('loss, targeted', [('ce', False), ('dlr', True)])
+def test_apgd_in_host_driven_chunks_equals_the_loop(loss, targeted,
+                                                    monkeypatch):
+  auto_pgd = sys.modules['mlrobust.attacks.auto_pgd']
+  monkeypatch.setattr(auto_pgd, 'CHUNK', 10)  # 23: the last chunk overruns.
+  clf = _codeword_linear()  # 4 classes: the targeted DLR needs them.
+  x = np.asarray(jax.random.uniform(jax.random.key(9), (12, *SHAPE)))
+  y = np.asarray(clf.predict(jnp.asarray(x)))
+  goal = attacks.random_targets(jax.random.key(10), y, 4) if targeted else y
+  fn = functools.partial(attacks.apgd, clf, x, goal, targeted=targeted,
+                         labels=y if targeted else None, eps=0.1, loss=loss)
+  results = []
+  for chunked in (False, True):
+    monkeypatch.setattr(auto_pgd, 'CHUNKED', chunked)
+    results.append(fn(n_iter=23))
+  one, chunks = results
+  np.testing.assert_allclose(chunks.adv, one.adv, atol=1e-6)
+  np.testing.assert_array_equal(chunks.success, one.success)
+  # Some succeed (the first success is kept), some not (the best point).
+  assert 0 < one.success.sum() < len(x), one.success
+  # The overrun of the last chunk would change the result: it is masked.
+  assert not np.array_equal(fn(n_iter=30).adv, chunks.adv)
+
+
+def test_apgd_chunks_compile_once(monkeypatch):
+  auto_pgd = sys.modules['mlrobust.attacks.auto_pgd']
+  monkeypatch.setattr(auto_pgd, 'CHUNKED', True)
+  clf = _codeword_linear()
+  x = np.asarray(jax.random.uniform(jax.random.key(3), (4, *SHAPE)))
+  y = np.asarray(clf.predict(jnp.asarray(x)))
+  attacks.apgd(clf, x, y, eps=0.01, n_iter=12)  # Compiles.
+  with conftest.count_compiles() as compiles:
+    for eps, n_iter in ((0.05, 12), (0.1, 31), (0.2, 5)):
+      attacks.apgd(clf, x, y, eps=eps, n_iter=n_iter)
+  assert not compiles
+
+
 @pytest.mark.parametrize('margin, targeted, cleverhans', [
     ('logits', False, False), ('distance', True, False),
     ('logits', True, True), ('distance', False, False)])

@@ -22,6 +22,10 @@ with y the true class and t the target, and 'ce' minus the CE of t.
 An example counts as broken as soon as any iterate is misclassified (or
 reaches the target); the first such iterate is returned, otherwise the best
 point by the loss (the decoding then says whether it is adversarial).
+
+On the CPU the iterations run as host-driven chunks of unrolled iterations
+(XLA:CPU runs convolutions ~4x slower inside a loop; BENCHMARKS.md), elsewhere
+as one compiled fori_loop; both compute the same (tested).
 """
 
 import functools
@@ -33,6 +37,11 @@ import numpy as np
 from mlrobust.attacks import core
 
 APGD_LOSSES = ('ce', 'dlr')
+# How the attack loops: None picks host-driven chunks of unrolled iterations
+# on the CPU and one compiled fori_loop elsewhere; True or False forces one.
+CHUNKED = None
+# Iterations per unrolled chunk (divides the usual 100).
+CHUNK = 10
 
 
 def checkpoints(n_iter: int) -> list[int]:
@@ -64,74 +73,150 @@ def _loss(clf, x, label, target, *, loss, targeted):
   return jnp.sum(value), (value, prediction)
 
 
-@functools.partial(jax.jit, static_argnames=('loss', 'targeted', 'n_iter'))
-def _apgd(clf, x, label, target, eps, rho, *, loss, targeted, n_iter):
+def schedule(n_iter: int) -> tuple[np.ndarray, np.ndarray]:
+  """The checkpoints per iteration: ([n_iter] bool, [n_iter] float32).
+
+  Entry k says whether iteration k is a checkpoint w_j (j >= 1) and, there,
+  the steps since the previous one (w_j - w_{j-1}; 0 elsewhere).
+  """
+  is_ckpt = np.zeros(n_iter + 1, bool)
+  since = np.zeros(n_iter + 1, np.float32)
+  points = checkpoints(n_iter)
+  for prev, cur in zip(points, points[1:]):
+    is_ckpt[cur] = True
+    since[cur] = cur - prev
+  return is_ckpt[:n_iter], since[:n_iter]
+
+
+def _per_example(v):
+  """[B] -> [B, 1, 1, 1], to broadcast against images [B, H, W, C]."""
+  return v[:, None, None, None]
+
+
+def _project(v, x, eps):
+  return jnp.clip(jnp.clip(v, x - eps, x + eps), 0.0, 1.0)
+
+
+def _succeeded(prediction, label, target, targeted):
+  return prediction == target if targeted else prediction != label
+
+
+def _init(x, eps):
+  """The state before iteration 0: every example at x, step 2 eps."""
   b = x.shape[0]
-  shape = (b,) + (1,) * (x.ndim - 1)
+  full = lambda v: jnp.full((b,), v, x.dtype)
+  return dict(x=x, x_prev=x, f_prev=full(-jnp.inf), eta=full(2.0) * eps,
+              f_max=full(-jnp.inf), x_max=x, g_max=jnp.zeros_like(x),
+              found=jnp.zeros((b,), bool), adv=x, increases=full(0.0),
+              eta_last=full(-1.0), f_max_last=full(-jnp.inf))
+
+
+def _step(clf, x, label, target, eps, rho, s, k, is_ckpt, since, *, loss,
+          targeted):
+  """Iteration k; is_ckpt and since are its entries of `schedule`."""
   alpha = 0.75
   grad_fn = jax.value_and_grad(
       functools.partial(_loss, clf, loss=loss, targeted=targeted),
       has_aux=True)
-  ckpts = checkpoints(n_iter)
-  is_ckpt = np.zeros(n_iter + 1, bool)
-  since = np.zeros(n_iter + 1, np.float32)  # Steps since the last checkpoint.
-  for prev, cur in zip(ckpts, ckpts[1:]):
-    is_ckpt[cur] = True
-    since[cur] = cur - prev
-  is_ckpt, since = jnp.asarray(is_ckpt), jnp.asarray(since)
+  (_, (f, pred)), g = grad_fn(s['x'], label, target)
+  hit = _succeeded(pred, label, target, targeted) & ~s['found']
+  adv = jnp.where(_per_example(hit), s['x'], s['adv'])
+  found = s['found'] | hit
+  increases = s['increases'] + ((k > 0) & (f > s['f_prev']))
+  better = f > s['f_max']
+  f_max = jnp.where(better, f, s['f_max'])
+  x_max = jnp.where(_per_example(better), s['x'], s['x_max'])
+  g_max = jnp.where(_per_example(better), g, s['g_max'])
+  # Checkpoint: halve the step and restart from the best point if the
+  # loss rose too rarely, or neither step nor best loss changed.
+  reduce = is_ckpt & (
+      (increases < rho * since) |
+      ((s['eta_last'] == s['eta']) & (s['f_max_last'] == f_max)))
+  eta = jnp.where(reduce, s['eta'] / 2, s['eta'])
+  r = _per_example(reduce)
+  x_k = jnp.where(r, x_max, s['x'])
+  g = jnp.where(r, g_max, g)
+  x_prev = jnp.where(r, x_max, s['x_prev'])
+  z = _project(x_k + _per_example(eta) * jnp.sign(g), x, eps)
+  momentum = jnp.where(k > 0, 1.0, 0.0)
+  x_next = _project(x_k + (alpha * (z - x_k) + (1 - alpha) *
+                           (x_k - x_prev)) * momentum + (z - x_k) *
+                    (1 - momentum), x, eps)
+  return dict(
+      x=x_next, x_prev=x_k, f_prev=f, eta=eta, f_max=f_max, x_max=x_max,
+      g_max=g_max, found=found, adv=adv,
+      increases=jnp.where(is_ckpt, 0.0, increases),
+      eta_last=jnp.where(is_ckpt, eta, s['eta_last']),
+      f_max_last=jnp.where(is_ckpt, f_max, s['f_max_last']))
 
-  def project(v):
-    return jnp.clip(jnp.clip(v, x - eps, x + eps), 0.0, 1.0)
 
-  def succeeded(prediction):
-    return prediction == target if targeted else prediction != label
-
-  def body(k, s):
-    (_, (f, pred)), g = grad_fn(s['x'], label, target)
-    hit = succeeded(pred) & ~s['found']
-    adv = jnp.where(hit.reshape(shape), s['x'], s['adv'])
-    found = s['found'] | hit
-    increases = s['increases'] + ((k > 0) & (f > s['f_prev']))
-    better = f > s['f_max']
-    f_max = jnp.where(better, f, s['f_max'])
-    x_max = jnp.where(better.reshape(shape), s['x'], s['x_max'])
-    g_max = jnp.where(better.reshape(shape), g, s['g_max'])
-    # Checkpoint: halve the step and restart from the best point if the
-    # loss rose too rarely, or neither step nor best loss changed.
-    reduce = is_ckpt[k] & (
-        (increases < rho * since[k]) |
-        ((s['eta_last'] == s['eta']) & (s['f_max_last'] == f_max)))
-    eta = jnp.where(reduce, s['eta'] / 2, s['eta'])
-    r = reduce.reshape(shape)
-    x_k = jnp.where(r, x_max, s['x'])
-    g = jnp.where(r, g_max, g)
-    x_prev = jnp.where(r, x_max, s['x_prev'])
-    z = project(x_k + eta.reshape(shape) * jnp.sign(g))
-    momentum = jnp.where(k > 0, 1.0, 0.0)
-    x_next = project(x_k + (alpha * (z - x_k) + (1 - alpha) *
-                            (x_k - x_prev)) * momentum + (z - x_k) *
-                     (1 - momentum))
-    return dict(
-        x=x_next, x_prev=x_k, f_prev=f, eta=eta, f_max=f_max, x_max=x_max,
-        g_max=g_max, found=found, adv=adv,
-        increases=jnp.where(is_ckpt[k], 0.0, increases),
-        eta_last=jnp.where(is_ckpt[k], eta, s['eta_last']),
-        f_max_last=jnp.where(is_ckpt[k], f_max, s['f_max_last']))
-
-  full = lambda v: jnp.full((b,), v, x.dtype)
-  state = dict(x=x, x_prev=x, f_prev=full(-jnp.inf), eta=full(2.0) * eps,
-               f_max=full(-jnp.inf), x_max=x, g_max=jnp.zeros_like(x),
-               found=jnp.zeros((b,), bool), adv=x, increases=full(0.0),
-               eta_last=full(-1.0), f_max_last=full(-jnp.inf))
-  state = jax.lax.fori_loop(0, n_iter, body, state)
-  # The last iterate, and the best point where nothing succeeded.
+def _finish(clf, state, label, target, *, targeted):
+  """(adv, prediction): the first success, else the last iterate if it
+  succeeds, else the best point by the loss."""
   last_pred = clf.predict(state['x'])
-  hit = succeeded(last_pred) & ~state['found']
-  adv = jnp.where(hit.reshape(shape), state['x'], state['adv'])
+  hit = _succeeded(last_pred, label, target, targeted) & ~state['found']
+  adv = jnp.where(_per_example(hit), state['x'], state['adv'])
   found = state['found'] | hit
-  adv = jnp.where(found.reshape(shape), adv, state['x_max'])
+  adv = jnp.where(_per_example(found), adv, state['x_max'])
   adv = jax.lax.stop_gradient(adv)
   return adv, clf.predict(adv)
+
+
+_STATIC = ('loss', 'targeted')
+
+
+@functools.partial(jax.jit, static_argnames=_STATIC + ('n_iter',))
+def _apgd(clf, x, label, target, eps, rho, *, loss, targeted, n_iter):
+  """The whole attack as one program (a fori_loop)."""
+  is_ckpt, since = (jnp.asarray(a) for a in schedule(n_iter))
+  step = functools.partial(_step, clf, x, label, target, eps, rho, loss=loss,
+                           targeted=targeted)
+  state = jax.lax.fori_loop(
+      0, n_iter, lambda k, s: step(s, k, is_ckpt[k], since[k]),
+      _init(x, eps))
+  return _finish(clf, state, label, target, targeted=targeted)
+
+
+@functools.partial(jax.jit, static_argnames=_STATIC)
+def _chunk(clf, x, label, target, eps, rho, state, start, last, is_ckpt,
+           since, *, loss, targeted):
+  """Iterations start, ..., start + len(is_ckpt) - 1, unrolled; those from
+  `last` on change nothing."""
+  for j in range(is_ckpt.shape[0]):
+    k = start + j
+    new = _step(clf, x, label, target, eps, rho, state, k, is_ckpt[j],
+                since[j], loss=loss, targeted=targeted)
+    state = jax.tree.map(lambda a, b, k=k: jnp.where(k < last, a, b), new,
+                         state)
+  return state
+
+
+_init_jit = jax.jit(_init)
+_finish_jit = jax.jit(_finish, static_argnames=('targeted',))
+
+
+def _apgd_chunked(clf, x, label, target, eps, rho, *, loss, targeted,
+                  n_iter):
+  """The same attack driven from the host in chunks of CHUNK unrolled
+  iterations (see `mlrobust.attacks.cw._cw_chunked`); it stops once every
+  example has succeeded (the rest cannot change the result). The iteration
+  index, n_iter and the chunk's schedule are arguments: one compiled chunk
+  serves every chunk and every n_iter."""
+  pad = -n_iter % CHUNK  # The last chunk overruns n_iter.
+  is_ckpt, since = (np.pad(a, (0, pad)) for a in schedule(n_iter))
+  state = _init_jit(x, eps)
+  for start in range(0, n_iter, CHUNK):
+    if start and np.all(jax.device_get(state['found'])):
+      break
+    window = slice(start, start + CHUNK)
+    state = _chunk(clf, x, label, target, eps, rho, state, jnp.int32(start),
+                   jnp.int32(n_iter), jnp.asarray(is_ckpt[window]),
+                   jnp.asarray(since[window]), loss=loss, targeted=targeted)
+  return _finish_jit(clf, state, label, target, targeted=targeted)
+
+
+def _use_chunks() -> bool:
+  return jax.default_backend() == 'cpu' if CHUNKED is None else CHUNKED
 
 
 def apgd(clf, x, y, *, targeted=False, rng=None, eps=0.3, n_iter=100,
@@ -173,7 +258,9 @@ def apgd(clf, x, y, *, targeted=False, rng=None, eps=0.3, n_iter=100,
     _, labels = core.check_inputs(clf, x, labels, targeted=False)
   else:
     labels = y
-  fn = functools.partial(_apgd, loss=loss, targeted=targeted, n_iter=n_iter)
+  fn = functools.partial(_apgd_chunked if _use_chunks() else _apgd,
+                         loss=loss, targeted=targeted, n_iter=n_iter)
+  eps, rho = jnp.float32(eps), jnp.float32(rho)
   return core.run_batched(
       lambda clf, xb, yb, key, lb: fn(clf, xb, lb, yb, eps, rho), clf, x, y,
       batch_size=batch_size, targeted=targeted, rng=jax.random.key(0),
