@@ -156,6 +156,7 @@ def get_config(dataset: str, arg: str | None, num_classes: int = 10):
   c.attack.semantics = config_dict.placeholder(str)
   c.attack.n_iter = config_dict.placeholder(int)  # apgd
   c.attack.rho = config_dict.placeholder(float)  # apgd
+  c.attack.norm = config_dict.placeholder(str)  # apgd: 'linf' (default), 'l2'
   c.attack.n_queries = config_dict.placeholder(int)  # square
   c.attack.p_init = config_dict.placeholder(float)  # square
   c.attack.batch_size = 128  # Images per compiled attack call.

@@ -84,6 +84,8 @@ def _result(clf, x, y, adv):
 # The ensemble's members, strongest-first as in AutoAttack's standard
 # version (APGD-CE, APGD-T, then the score-based Square; FAB-T is not here
 # yet). The white-box ones read gradients; Square only the class scores.
+# All are Linf, as the budget eps is: APGD-L2 is not a member (an L2 ball
+# of radius eps lies inside the Linf one, and a larger one leaves it).
 MEMBERS = {'apgd-ce': _apgd_ce, 'apgd-t': _apgd_t, 'pgd-margin': _pgd_margin,
            'square': _square}
 WHITE_BOX = ('apgd-ce', 'apgd-t', 'pgd-margin')

@@ -63,7 +63,7 @@ from mlrobust import workdir as workdir_lib
 # the median L2 of successful examples.
 MIN_NORM_ATTACKS = ('cw_l2', 'cw_l2_distance', 'lbfgs', 'deepfool')
 # Parameters that are not numbers, so cannot be swept.
-NOT_NUMERIC = ('loss', 'semantics')
+NOT_NUMERIC = ('loss', 'semantics', 'norm')
 
 
 @dataclasses.dataclass(frozen=True)
@@ -177,8 +177,9 @@ def cells(spec: Spec, eval_config, num_test: int) -> list[grids.Cell]:
   fixed = dict(grids.fixed_params(eval_config, spec.attack))
   fixed.pop(spec.param, None)
   fixed.update(dict(spec.fixed))
-  if fixed.get('semantics') == 'decoding':  # The default: not in the ids.
-    del fixed['semantics']
+  for name, default in (('semantics', 'decoding'), ('norm', 'linf')):
+    if fixed.get(name) == default:  # The default: not in the ids.
+      del fixed[name]
   fixed = tuple(sorted(fixed.items()))
   return [grids.Cell(spec.attack, spec.targeted, spec.param,
                      _cast(spec.param, v), n, fixed) for v in spec.values]

@@ -258,6 +258,8 @@ def test_cw_l2_on_codewords_keeps_the_iterates_that_decode_as_the_target():
     ('lbfgs', dict(initial_const=1.0, max_iterations=5,
                    binary_search_steps=2)),
     ('square', dict(eps=0.1, n_queries=50)),
+    ('apgd', dict(eps=0.1, n_iter=20)),
+    ('apgd', dict(eps=0.3, n_iter=20, norm='l2')),
 ])
 def test_an_examples_result_does_not_depend_on_its_batch(name, kwargs):
   clf = _codeword_linear()
@@ -341,6 +343,8 @@ def test_trained_model_pgd_beats_fgsm_and_targeted_success_rises():
     (dict(name='square', p_init=0.0), 'p_init must be > 0'),
     (dict(name='square', p_init=1.5), 'p_init must be <= 1'),
     (dict(name='square', eps=-0.1), 'eps must be >= 0'),
+    (dict(name='apgd', norm='l1'), 'unknown norm'),
+    (dict(name='apgd', norm='l2', eps=-1.0), 'eps must be >= 0'),
 ])
 def test_invalid_parameters_raise(kwargs, match):
   clf, _, _ = _affine()
@@ -580,8 +584,10 @@ def test_targeted_apgd_reaches_targets():
     attacks.apgd(clf4, x, t, targeted=True)
 
 
-@pytest.mark.parametrize('loss, targeted', [('ce', False), ('dlr', True)])
-def test_apgd_in_host_driven_chunks_equals_the_loop(loss, targeted,
+@pytest.mark.parametrize('loss, targeted, norm, eps', [
+    ('ce', False, 'linf', 0.1), ('dlr', True, 'linf', 0.1),
+    ('ce', False, 'l2', 0.3)])
+def test_apgd_in_host_driven_chunks_equals_the_loop(loss, targeted, norm, eps,
                                                     monkeypatch):
   auto_pgd = sys.modules['mlrobust.attacks.auto_pgd']
   monkeypatch.setattr(auto_pgd, 'CHUNK', 10)  # 23: the last chunk overruns.
@@ -590,7 +596,8 @@ def test_apgd_in_host_driven_chunks_equals_the_loop(loss, targeted,
   y = np.asarray(clf.predict(jnp.asarray(x)))
   goal = attacks.random_targets(jax.random.key(10), y, 4) if targeted else y
   fn = functools.partial(attacks.apgd, clf, x, goal, targeted=targeted,
-                         labels=y if targeted else None, eps=0.1, loss=loss)
+                         labels=y if targeted else None, eps=eps, loss=loss,
+                         norm=norm)
   results = []
   for chunked in (False, True):
     monkeypatch.setattr(auto_pgd, 'CHUNKED', chunked)
@@ -615,6 +622,85 @@ def test_apgd_chunks_compile_once(monkeypatch):
     for eps, n_iter in ((0.05, 12), (0.1, 31), (0.2, 5)):
       attacks.apgd(clf, x, y, eps=eps, n_iter=n_iter)
   assert not compiles
+
+
+def test_apgd_l2_stays_in_the_l2_ball_and_the_box():
+  clf = _densenet_classifier()
+  x = np.array(jax.random.uniform(jax.random.key(3), (5, 8, 8, 1)))
+  x[0] = 0.0
+  x[1] = 1.0  # Saturated images test the box.
+  x_copy = x.copy()
+  y = np.asarray(clf.predict(jnp.asarray(x)))
+  eps = 0.5
+  result = attacks.apgd(clf, x, y, eps=eps, n_iter=20, norm='l2')
+  np.testing.assert_array_equal(x, x_copy)  # Input untouched.
+  l2 = np.linalg.norm((result.adv - x).reshape(5, -1), axis=1)
+  assert np.all(l2 <= eps * (1 + 1e-5)), l2
+  assert result.adv.min() >= 0 and result.adv.max() <= 1
+  np.testing.assert_allclose(result.l2, l2, rtol=1e-5)
+  # It reaches the sphere, and not by spreading eps evenly over the 64
+  # pixels (eps / 8 each); the black image's gradient is 0 here.
+  assert l2.max() > eps * (1 - 1e-5), l2
+  assert np.all(result.linf[1:] > eps / 8), result.linf
+  np.testing.assert_array_equal(
+      result.success, np.asarray(clf.predict(jnp.asarray(result.adv))) != y)
+
+
+def test_apgd_l2_breaks_a_binary_affine_model_exactly_past_its_distance():
+  # Two classes, z = x W + b: the smallest L2 perturbation that changes the
+  # class is d = |z_0 - z_1| / ||w_0 - w_1|| along the boundary's normal, and
+  # the CE loss is largest in the L2 ball of radius eps < d at
+  # x + eps * normal.
+  w = np.asarray(jax.random.normal(jax.random.key(11), (N_PIX, 2)),
+                 np.float64)
+  x = _mid_images(16, seed=12)
+  flat = x.reshape(16, -1).astype(np.float64)
+  gap = flat @ (w[:, 0] - w[:, 1])
+  b = np.array([-np.median(gap), 0.0])  # Half the images in each class.
+  clf = classifier.from_function(
+      lambda p, v: v.reshape(len(v), -1) @ p[0] + p[1], jnp.eye(2),
+      params=(jnp.asarray(w, jnp.float32), jnp.asarray(b, jnp.float32)),
+      activation='identity', loss='ce')
+  z = flat @ w + b
+  y = z.argmax(1).astype(np.int32)
+  np.testing.assert_array_equal(np.asarray(clf.predict(jnp.asarray(x))), y)
+  assert 0 < y.sum() < 16
+  normal = (w[:, 1 - y] - w[:, y]).T  # [16, N_PIX], towards the other class.
+  d = np.abs(z[:, 0] - z[:, 1]) / np.linalg.norm(normal, axis=1)
+  normal /= np.linalg.norm(normal, axis=1, keepdims=True)
+  # The examples whose closest boundary point (and a bit beyond) is in the
+  # box, where the box does not change the closed form.
+  far = flat + 1.05 * d[:, None] * normal
+  keep = np.flatnonzero(np.all((far >= 0) & (far <= 1), axis=1))
+  assert len(keep) >= 12, keep
+  for i in keep:
+    for factor in (1.05, 0.95):
+      eps = factor * d[i]
+      result = attacks.apgd(clf, x[i:i + 1], y[i:i + 1], eps=eps, n_iter=20,
+                            norm='l2')
+      assert bool(result.success[0]) == (factor > 1), (i, factor)
+      assert result.l2[0] <= eps * (1 + 1e-5)
+      if factor < 1:  # The best point by the loss, in closed form.
+        np.testing.assert_allclose(result.adv[0].ravel(),
+                                   flat[i] + eps * normal[i], atol=1e-4)
+
+
+def test_apgd_takes_its_norm_from_the_config():
+  from configs import mnist  # pylint: disable=g-import-not-at-top
+  config = mnist.get_config('tanh_mse,smoke')
+  config.attack.name = 'apgd'
+  config.attack.eps = 1.5
+  config.attack.norm = 'l2'
+  assert attacks.params_from_config(config.attack) == {'eps': 1.5,
+                                                       'norm': 'l2'}
+  assert attacks.effective_params('apgd', {})['norm'] == 'linf'
+  config.attack.norm = 'l1'
+  with pytest.raises(ValueError, match="unknown norm 'l1'"):
+    attacks.params_from_config(config.attack)
+  config.attack.name = 'pgd'
+  config.attack.norm = 'l2'
+  with pytest.raises(ValueError, match="does not take 'norm'"):
+    attacks.params_from_config(config.attack)
 
 
 @pytest.mark.parametrize('margin, targeted, cleverhans', [

@@ -77,6 +77,8 @@ def test_fixed_parameters_parse_to_typed_values():
                             'eps_iter=0.01']) == (
                                 ('eps_iter', 0.01), ('nb_iter', 100),
                                 ('semantics', 'cleverhans'))
+  assert sweep.parse_fixed(['norm=l2', 'n_iter=20']) == (('n_iter', 20),
+                                                         ('norm', 'l2'))
   with pytest.raises(ValueError, match='write name=value'):
     sweep.parse_fixed(['nb_iter'])
 

@@ -28,10 +28,10 @@ A runnable example on a linear model with a random codebook:
 Attacks: fgsm, bim, mim, pgd (Linf, gradient family), lbfgs (targeted only),
 deepfool (untargeted only), cw_l2 and cw_l2_distance (L2). Parameter defaults
 are cleverhans v2.1's, as Saito & Roy used them (their Table 2). Not in the
-paper: apgd (Linf, Auto-PGD, Croce & Hein 2020) and square (Linf, the
-score-based Square Attack, Andriushchenko et al. 2020; untargeted only; it
-queries the class scores and never a gradient). The registry
-(`get`, `check_direction`, `params_from_config`, `effective_params`,
+paper: apgd (Auto-PGD, Croce & Hein 2020; Linf, or L2 with norm='l2') and
+square (Linf, the score-based Square Attack, Andriushchenko et al. 2020;
+untargeted only; it queries the class scores and never a gradient). The
+registry (`get`, `check_direction`, `params_from_config`, `effective_params`,
 `summarize`) is in `registry.py`.
 """
 

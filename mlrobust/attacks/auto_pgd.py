@@ -1,5 +1,5 @@
 """Auto-PGD (Croce & Hein, 2020, "Reliable evaluation of adversarial
-robustness with an ensemble of diverse parameter-free attacks"), Linf.
+robustness with an ensemble of diverse parameter-free attacks"), Linf and L2.
 
 A step-size-free PGD: step 2 eps, momentum 0.75, and at checkpoints
 w_j = p_j N (p_0 = 0, p_1 = 0.22, p_{j+1} = p_j + max(p_j - p_{j-1} - 0.03,
@@ -8,6 +8,12 @@ best point found so far when, since the last checkpoint, the loss rose in
 fewer than rho = 0.75 of the steps, or neither the step nor the best loss
 changed. All of it per example (each example has its own step size and
 checkpoints).
+
+The norm sets the step and the projection P (the paper defines APGD for
+both): Linf steps eta * sign(g) and clips to [x - eps, x + eps]; L2 steps
+eta * g / ||g||_2 and rescales x' - x to L2 norm eps where it is longer.
+Both then clip to the box [0, 1] (which keeps x' in the ball: each
+coordinate moves towards x's). Both start at x.
 
 Losses on the class scores of the generic decoding (so every head is attacked
 the same way):
@@ -93,8 +99,33 @@ def _per_example(v):
   return v[:, None, None, None]
 
 
-def _project(v, x, eps):
-  return jnp.clip(jnp.clip(v, x - eps, x + eps), 0.0, 1.0)
+def _l2(v):
+  """Per-example L2 norms [B] of v [B, ...]."""
+  return jnp.sqrt(jnp.sum(jnp.square(v), axis=tuple(range(1, v.ndim))))
+
+
+def _direction(g, norm):
+  """The steepest-ascent direction of unit norm: sign(g) (Linf) or
+  g / ||g||_2 (L2; 0 where g is 0)."""
+  if norm == 'linf':
+    return jnp.sign(g)
+  n = _l2(g)
+  return g / _per_example(jnp.where(n > 0, n, 1.0))
+
+
+def _project(v, x, eps, norm):
+  """Onto the eps ball around x, then the box [0, 1].
+
+  Clipping to the box only moves a coordinate towards x's (which lies in
+  the box), so the result stays in the ball.
+  """
+  if norm == 'linf':
+    v = jnp.clip(v, x - eps, x + eps)
+  else:
+    n = _l2(v - x)
+    scale = jnp.where(n > eps, eps / jnp.where(n > 0, n, 1.0), 1.0)
+    v = x + (v - x) * _per_example(scale)
+  return jnp.clip(v, 0.0, 1.0)
 
 
 def _succeeded(prediction, label, target, targeted):
@@ -112,7 +143,7 @@ def _init(x, eps):
 
 
 def _step(clf, x, label, target, eps, rho, s, k, is_ckpt, since, *, loss,
-          targeted):
+          targeted, norm):
   """Iteration k; is_ckpt and since are its entries of `schedule`."""
   alpha = 0.75
   grad_fn = jax.value_and_grad(
@@ -137,11 +168,11 @@ def _step(clf, x, label, target, eps, rho, s, k, is_ckpt, since, *, loss,
   x_k = jnp.where(r, x_max, s['x'])
   g = jnp.where(r, g_max, g)
   x_prev = jnp.where(r, x_max, s['x_prev'])
-  z = _project(x_k + _per_example(eta) * jnp.sign(g), x, eps)
+  z = _project(x_k + _per_example(eta) * _direction(g, norm), x, eps, norm)
   momentum = jnp.where(k > 0, 1.0, 0.0)
   x_next = _project(x_k + (alpha * (z - x_k) + (1 - alpha) *
                            (x_k - x_prev)) * momentum + (z - x_k) *
-                    (1 - momentum), x, eps)
+                    (1 - momentum), x, eps, norm)
   return dict(
       x=x_next, x_prev=x_k, f_prev=f, eta=eta, f_max=f_max, x_max=x_max,
       g_max=g_max, found=found, adv=adv,
@@ -162,15 +193,16 @@ def _finish(clf, state, label, target, *, targeted):
   return adv, clf.predict(adv)
 
 
-_STATIC = ('loss', 'targeted')
+_STATIC = ('loss', 'targeted', 'norm')
 
 
 @functools.partial(jax.jit, static_argnames=_STATIC + ('n_iter',))
-def _apgd(clf, x, label, target, eps, rho, *, loss, targeted, n_iter):
+def _apgd(clf, x, label, target, eps, rho, *, loss, targeted, norm,
+          n_iter):
   """The whole attack as one program (a fori_loop)."""
   is_ckpt, since = (jnp.asarray(a) for a in schedule(n_iter))
   step = functools.partial(_step, clf, x, label, target, eps, rho, loss=loss,
-                           targeted=targeted)
+                           targeted=targeted, norm=norm)
   state = jax.lax.fori_loop(
       0, n_iter, lambda k, s: step(s, k, is_ckpt[k], since[k]),
       _init(x, eps))
@@ -179,13 +211,13 @@ def _apgd(clf, x, label, target, eps, rho, *, loss, targeted, n_iter):
 
 @functools.partial(jax.jit, static_argnames=_STATIC)
 def _chunk(clf, x, label, target, eps, rho, state, start, last, is_ckpt,
-           since, *, loss, targeted):
+           since, *, loss, targeted, norm):
   """Iterations start, ..., start + len(is_ckpt) - 1, unrolled; those from
   `last` on change nothing."""
   for j in range(is_ckpt.shape[0]):
     k = start + j
     new = _step(clf, x, label, target, eps, rho, state, k, is_ckpt[j],
-                since[j], loss=loss, targeted=targeted)
+                since[j], loss=loss, targeted=targeted, norm=norm)
     state = jax.tree.map(lambda a, b, k=k: jnp.where(k < last, a, b), new,
                          state)
   return state
@@ -195,7 +227,7 @@ _init_jit = jax.jit(_init)
 _finish_jit = jax.jit(_finish, static_argnames=('targeted',))
 
 
-def _apgd_chunked(clf, x, label, target, eps, rho, *, loss, targeted,
+def _apgd_chunked(clf, x, label, target, eps, rho, *, loss, targeted, norm,
                   n_iter):
   """The same attack driven from the host in chunks of CHUNK unrolled
   iterations (see `mlrobust.attacks.cw._cw_chunked`); it stops once every
@@ -211,7 +243,8 @@ def _apgd_chunked(clf, x, label, target, eps, rho, *, loss, targeted,
     window = slice(start, start + CHUNK)
     state = _chunk(clf, x, label, target, eps, rho, state, jnp.int32(start),
                    jnp.int32(n_iter), jnp.asarray(is_ckpt[window]),
-                   jnp.asarray(since[window]), loss=loss, targeted=targeted)
+                   jnp.asarray(since[window]), loss=loss, targeted=targeted,
+                   norm=norm)
   return _finish_jit(clf, state, label, target, targeted=targeted)
 
 
@@ -220,9 +253,9 @@ def _use_chunks() -> bool:
 
 
 def apgd(clf, x, y, *, targeted=False, rng=None, eps=0.3, n_iter=100,
-         loss='ce', rho=0.75, labels=None,
+         loss='ce', rho=0.75, norm='linf', labels=None,
          batch_size=None) -> core.AttackResult:
-  """Auto-PGD in the Linf ball (see module docstring).
+  """Auto-PGD in the Linf or L2 ball (see module docstring).
 
   Args:
     clf: a `mlrobust.classifier.Classifier`.
@@ -230,20 +263,25 @@ def apgd(clf, x, y, *, targeted=False, rng=None, eps=0.3, n_iter=100,
     y: [B] true labels (untargeted) or target classes (targeted).
     targeted: reach y instead of leaving it.
     rng: unused (the start is x itself, as in AutoAttack's first run).
-    eps: Linf radius.
+    eps: the ball's radius in `norm`.
     n_iter: iterations (100 in AutoAttack).
     loss: 'ce' or 'dlr' on the class scores.
     rho: the checkpoint condition's fraction of increasing steps.
+    norm: 'linf' or 'l2', the ball's norm.
     labels: targeted only: the true labels [B] (the targeted DLR needs them).
     batch_size: examples per compiled call (None: all at once).
   Returns:
     An AttackResult: the first iterate that succeeded, else the best point.
+
+  Raises:
+    ValueError: an unknown loss or norm, a parameter outside its allowed
+      values, too few classes for the DLR loss, or targeted without labels.
   """
   del rng
   if loss not in APGD_LOSSES:
     raise ValueError(f'unknown APGD loss {loss!r}; choose one of '
                      f'{list(APGD_LOSSES)}')
-  core.check_values(eps=eps, nb_iter=n_iter)
+  core.check_values(eps=eps, nb_iter=n_iter, norm=norm)
   if not 0 < rho < 1:
     raise ValueError(f'rho must be in (0, 1), got {rho}')
   x, y = core.check_inputs(clf, x, y, targeted=targeted)
@@ -259,7 +297,8 @@ def apgd(clf, x, y, *, targeted=False, rng=None, eps=0.3, n_iter=100,
   else:
     labels = y
   fn = functools.partial(_apgd_chunked if _use_chunks() else _apgd,
-                         loss=loss, targeted=targeted, n_iter=n_iter)
+                         loss=loss, targeted=targeted, norm=norm,
+                         n_iter=n_iter)
   eps, rho = jnp.float32(eps), jnp.float32(rho)
   return core.run_batched(
       lambda clf, xb, yb, key, lb: fn(clf, xb, lb, yb, eps, rho), clf, x, y,

@@ -180,6 +180,8 @@ PARAM_RULES = {
 # logits and codewords as labels: how the paper's tables were made). The
 # final adversarial image is always classified by the decoding.
 SEMANTICS = ('decoding', 'cleverhans')
+# The norms of an attack's ball (apgd).
+NORMS = ('linf', 'l2')
 
 
 def check_values(**params) -> None:
@@ -191,6 +193,10 @@ def check_values(**params) -> None:
       if value not in SEMANTICS:
         raise ValueError(f'unknown semantics {value!r}; choose one of '
                          f'{list(SEMANTICS)}')
+    elif name == 'norm':
+      if value not in NORMS:
+        raise ValueError(f'unknown norm {value!r}; choose one of '
+                         f'{list(NORMS)}')
     elif name in PARAM_RULES:
       check_param(name, value, **PARAM_RULES[name])
 
