@@ -19,14 +19,21 @@ def _launch(*args):
                         check=False)
 
 
-def test_report_of_the_committed_results_is_the_committed_report(tmp_path):
+V3_RUNS = [f'results/cpu_v3/mnist_{p}'
+           for p in ('softmax_ce', 'softmax_mse', 'tanh_mse')]
+
+
+@pytest.mark.parametrize('runs, report', [
+    (MNIST_RUNS + FMNIST_RUNS, 'cpu'), (V3_RUNS, 'cpu_v3')])
+def test_report_of_the_committed_results_is_the_committed_report(
+    tmp_path, runs, report):
   # The report is a function of the result files: regenerating it from
-  # results/ gives the committed reports/cpu/report.md byte for byte.
+  # results/ gives the committed reports/<report>/report.md byte for byte.
   out = tmp_path / 'report'
-  runs = ','.join(MNIST_RUNS + FMNIST_RUNS)
-  result = _launch('--mode=report', f'--workdirs={runs}', f'--out={out}')
+  result = _launch('--mode=report', f'--workdirs={",".join(runs)}',
+                   f'--out={out}')
   assert result.returncode == 0, result.stderr[-2000:]
-  with open(os.path.join(ROOT, 'reports', 'cpu', 'report.md')) as f:
+  with open(os.path.join(ROOT, 'reports', report, 'report.md')) as f:
     assert (out / 'report.md').read_text() == f.read()
   assert (out / 'mnist_table3.png').stat().st_size > 1000
 
