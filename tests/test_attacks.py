@@ -624,13 +624,18 @@ def test_apgd_chunks_compile_once(monkeypatch):
   assert not compiles
 
 
-def test_apgd_l2_stays_in_the_l2_ball_and_the_box():
+def _saturated_batch():
+  """A tiny DenseNet and 5 images, two of them all 0 and all 1 (the box)."""
   clf = _densenet_classifier()
   x = np.array(jax.random.uniform(jax.random.key(3), (5, 8, 8, 1)))
   x[0] = 0.0
-  x[1] = 1.0  # Saturated images test the box.
+  x[1] = 1.0
+  return clf, x, np.asarray(clf.predict(jnp.asarray(x)))
+
+
+def test_apgd_l2_stays_in_the_l2_ball_and_the_box():
+  clf, x, y = _saturated_batch()
   x_copy = x.copy()
-  y = np.asarray(clf.predict(jnp.asarray(x)))
   eps = 0.5
   result = attacks.apgd(clf, x, y, eps=eps, n_iter=20, norm='l2')
   np.testing.assert_array_equal(x, x_copy)  # Input untouched.
@@ -757,12 +762,8 @@ def test_deepfool_in_host_driven_chunks_equals_the_single_program(
 
 
 def test_square_stays_in_ball_and_box_on_plus_minus_eps():
-  clf = _densenet_classifier()
-  x = np.array(jax.random.uniform(jax.random.key(3), (5, 8, 8, 1)))
-  x[0] = 0.0
-  x[1] = 1.0  # Saturated images test the box.
+  clf, x, y = _saturated_batch()
   x_copy = x.copy()
-  y = np.asarray(clf.predict(jnp.asarray(x)))
   eps = 0.1
   result = attacks.square(clf, x, y, eps=eps, n_queries=25)
   np.testing.assert_array_equal(x, x_copy)  # Input untouched.
