@@ -74,6 +74,12 @@ def _square(clf, x, y, eps, rng, effort):
   return attacks.square(clf, x, y, eps=eps, n_queries=1000 * effort, rng=rng)
 
 
+def _hop_skip_jump(clf, x, y, eps, rng, effort):
+  """Label-only HopSkipJump: sees only predictions (a secret codebook)."""
+  return attacks.hop_skip_jump(clf, x, y, eps=eps, n_queries=5000 * effort,
+                               rng=rng)
+
+
 def _result(clf, x, y, adv):
   pred = np.asarray(clf.predict(jnp.asarray(adv)))
   flat = (adv - x).reshape(len(x), -1)
@@ -86,8 +92,11 @@ def _result(clf, x, y, adv):
 # yet). The white-box ones read gradients; Square only the class scores.
 # All are Linf, as the budget eps is: APGD-L2 is not a member (an L2 ball
 # of radius eps lies inside the Linf one, and a larger one leaves it).
+# 'hop-skip-jump' (decision-based: only the predicted class, 5,000 queries)
+# is not a default member: it measures the threat model where the codebook is
+# secret, and is the costliest per example.
 MEMBERS = {'apgd-ce': _apgd_ce, 'apgd-t': _apgd_t, 'pgd-margin': _pgd_margin,
-           'square': _square}
+           'square': _square, 'hop-skip-jump': _hop_skip_jump}
 WHITE_BOX = ('apgd-ce', 'apgd-t', 'pgd-margin')
 DEFAULT_MEMBERS = WHITE_BOX + ('square',)
 

@@ -260,6 +260,7 @@ def test_cw_l2_on_codewords_keeps_the_iterates_that_decode_as_the_target():
     ('square', dict(eps=0.1, n_queries=50)),
     ('apgd', dict(eps=0.1, n_iter=20)),
     ('apgd', dict(eps=0.3, n_iter=20, norm='l2')),
+    ('hop_skip_jump', dict(eps=0.05, n_queries=400)),
 ])
 def test_an_examples_result_does_not_depend_on_its_batch(name, kwargs):
   clf = _codeword_linear()
@@ -344,6 +345,9 @@ def test_trained_model_pgd_beats_fgsm_and_targeted_success_rises():
     (dict(name='square', p_init=1.5), 'p_init must be <= 1'),
     (dict(name='square', eps=-0.1), 'eps must be >= 0'),
     (dict(name='apgd', norm='l1'), 'unknown norm'),
+    (dict(name='hop_skip_jump', targeted=True), 'untargeted only'),
+    (dict(name='hop_skip_jump', norm='l1'), 'unknown norm'),
+    (dict(name='hop_skip_jump', n_queries=0), 'n_queries must be >= 1'),
     (dict(name='apgd', norm='l2', eps=-1.0), 'eps must be >= 0'),
 ])
 def test_invalid_parameters_raise(kwargs, match):
@@ -888,3 +892,81 @@ def test_square_is_configured_like_every_attack():
   config.attack.targeted = True
   with pytest.raises(ValueError, match='untargeted only'):
     attacks.params_from_config(config.attack)
+
+
+def _binary_linear(seed=0):
+  """Two classes on 8x8 images: scores (0, w.x); x near 0.5, inside the box."""
+  rng = np.random.default_rng(seed)
+  w = rng.normal(size=64).astype(np.float32)
+
+  def fn(x):
+    s = x.reshape(len(x), -1) @ w
+    return jnp.stack([jnp.zeros_like(s), s], axis=1)
+
+  clf = classifier.from_function(fn, targets=jnp.eye(2),
+                                 activation='identity', loss='ce')
+  x = (0.5 + 0.05 * rng.normal(size=(4, 8, 8, 1))).astype(np.float32)
+  y = np.asarray(clf.predict(jnp.asarray(x))).astype(np.int32)
+  return clf, w, x, y
+
+
+@pytest.mark.parametrize('norm', ['l2', 'linf'])
+def test_hop_skip_jump_approaches_the_closed_form_distance(norm):
+  # The closest point of the other class: |w.x| / ||w||_2 away in L2 and
+  # |w.x| / ||w||_1 in Linf (every pixel moved by that much, inside the box).
+  clf, w, x, y = _binary_linear()
+  hsja = sys.modules['mlrobust.attacks.hop_skip_jump']
+  keys = attacks.core.example_keys(jax.random.key(0), x)
+  out = hsja.attack(clf, jnp.asarray(x), jnp.asarray(y), keys, eps=0.0,
+                    norm=norm, n_queries=3000)
+  margin = np.abs(x.reshape(len(x), -1) @ w)
+  optimum = margin / (np.linalg.norm(w) if norm == 'l2' else np.abs(w).sum())
+  ratio = np.asarray(out['distance']) / optimum
+  assert np.all(ratio >= 1 - 1e-3) and np.all(ratio < 1.15), ratio
+  best = np.asarray(out['best'])
+  assert np.all(np.asarray(clf.predict(jnp.asarray(best))) != y)
+  assert np.all(np.asarray(out['queries']) <= 3000)
+  # eps = 0: the answer is x itself, not a success.
+  np.testing.assert_array_equal(np.asarray(out['adv']), x)
+
+
+def test_hop_skip_jump_counts_every_decision():
+  clf, _, x, y = _binary_linear(seed=1)
+  rows = []
+
+  def counted(v):
+    jax.debug.callback(lambda n: rows.append(int(n)), v.shape[0])
+    return clf.logits(v)
+
+  spy = classifier.from_function(counted, clf.targets,
+                                 activation=clf.activation,
+                                 loss=clf.loss_name)
+  hsja = sys.modules['mlrobust.attacks.hop_skip_jump']
+  for budget in (7, 150, 900):  # Start only; start + search; iterations.
+    rows.clear()
+    out = hsja.attack(spy, jnp.asarray(x[:1]), jnp.asarray(y[:1]),
+                      attacks.core.example_keys(jax.random.key(0), x[:1]),
+                      eps=0.0, norm='linf', n_queries=budget)
+    jax.effects_barrier()
+    queries = int(out['queries'][0])
+    assert queries <= budget
+    assert sum(rows) == queries + 1  # + the answer's classification.
+  assert queries > 600  # It spent the budget.
+
+
+def test_hop_skip_jump_breaks_a_trained_model_from_labels_only():
+  clf, x, y = _trained_mlp()
+  x, y = x[:60], y[:60]
+  trapped = _gradient_trap(clf)
+  eps = 0.4
+  result = attacks.hop_skip_jump(trapped, x, y, eps=eps, n_queries=2000)
+  assert np.mean(result.prediction == y) < 0.1
+  assert np.all(np.abs(result.adv - x) <= eps + 1e-6)
+  assert result.adv.min() >= 0 and result.adv.max() <= 1
+  np.testing.assert_array_equal(
+      result.prediction, np.asarray(clf.predict(jnp.asarray(result.adv))))
+  np.testing.assert_array_equal(result.success, result.prediction != y)
+  l2 = attacks.hop_skip_jump(trapped, x, y, eps=3.0, norm='l2',
+                             n_queries=2000)
+  assert np.all(l2.l2 <= 3.0 + 1e-4)
+  assert np.mean(l2.prediction == y) < 0.1

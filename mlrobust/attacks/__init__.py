@@ -30,7 +30,10 @@ deepfool (untargeted only), cw_l2 and cw_l2_distance (L2). Parameter defaults
 are cleverhans v2.1's, as Saito & Roy used them (their Table 2). Not in the
 paper: apgd (Auto-PGD, Croce & Hein 2020; Linf, or L2 with norm='l2') and
 square (Linf, the score-based Square Attack, Andriushchenko et al. 2020;
-untargeted only; it queries the class scores and never a gradient). The
+untargeted only; it queries the class scores and never a gradient) and
+hop_skip_jump (Linf or L2, HopSkipJump, Chen et al. 2020; untargeted only;
+decision-based: it sees only the predicted class, as when the codebook is
+secret). The
 registry (`get`, `check_direction`, `params_from_config`, `effective_params`,
 `summarize`) is in `registry.py`.
 """
@@ -47,6 +50,7 @@ from mlrobust.attacks.gradient import bim
 from mlrobust.attacks.gradient import fgsm
 from mlrobust.attacks.gradient import mim
 from mlrobust.attacks.gradient import pgd
+from mlrobust.attacks.hop_skip_jump import hop_skip_jump
 from mlrobust.attacks.lbfgs import lbfgs
 from mlrobust.attacks.registry import accepted_params
 from mlrobust.attacks.registry import ATTACKS

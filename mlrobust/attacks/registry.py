@@ -22,17 +22,18 @@ from mlrobust.attacks.gradient import bim
 from mlrobust.attacks.gradient import fgsm
 from mlrobust.attacks.gradient import mim
 from mlrobust.attacks.gradient import pgd
+from mlrobust.attacks.hop_skip_jump import hop_skip_jump
 from mlrobust.attacks.lbfgs import lbfgs
 from mlrobust.attacks.square import square
 
 ATTACKS = {
     'fgsm': fgsm, 'bim': bim, 'mim': mim, 'pgd': pgd, 'lbfgs': lbfgs,
     'deepfool': deepfool, 'cw_l2': cw_l2, 'cw_l2_distance': cw_l2_distance,
-    'apgd': apgd, 'square': square,
+    'apgd': apgd, 'square': square, 'hop_skip_jump': hop_skip_jump,
 }
 # Which attacks can run targeted / untargeted (Saito & Roy Section 2.3).
 TARGETED_ONLY = ('lbfgs',)
-UNTARGETED_ONLY = ('deepfool', 'square')
+UNTARGETED_ONLY = ('deepfool', 'square', 'hop_skip_jump')
 # The attack parameters a config or a grid may set (config.attack.<field>).
 PARAM_FIELDS = ('loss', 'eps', 'eps_iter', 'nb_iter', 'decay', 'initial_const',
                 'binary_search_steps', 'max_iterations', 'learning_rate',
