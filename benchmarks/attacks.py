@@ -10,7 +10,8 @@ measured in the same process after warm-up. The gradient family runs its
 cleverhans iteration counts; CW and L-BFGS run one binary-search round of a
 fixed number of iterations with early abort off (L-BFGS: its projected-gradient
 stop off), so the ratio is their time per iteration relative to one gradient
-step. DeepFool runs a fixed max_iter on
+step. APGD runs 100 iterations at eps = 0 (nothing can succeed, so none
+stops early). DeepFool runs a fixed max_iter on
 images it cannot fool within it (overshoot 0), so it runs every iteration;
 each of its iterations takes nb_candidate gradients.
 
@@ -101,6 +102,8 @@ def main(argv):
       ('cw_l2_distance', {'max_iterations': 50, 'binary_search_steps': 1,
                           'abort_early': False}, 50),
       ('lbfgs', {'max_iterations': 20, 'binary_search_steps': 1}, 20),
+      # eps = 0: no example can succeed, so every iteration runs.
+      ('apgd', {'n_iter': 100, 'eps': 0.0}, 100),
   ]
   print(f'# cpu DenseNet-{config.model.depth}-k{config.model.growth_rate} '
         f'({_PRESET.value}), batch {b}, jax {jax.__version__}, '
@@ -114,16 +117,18 @@ def main(argv):
   # and on the CPU before the host-driven chunks).
   cases += [(f'{name} (while program)', params, iters)
             for name, params, iters in cases
-            if name.startswith(('cw', 'deepfool'))]
+            if name.startswith(('cw', 'deepfool', 'apgd'))]
   only = _ONLY.value
   lb = sys.modules['mlrobust.attacks.lbfgs']
+  ap = sys.modules['mlrobust.attacks.auto_pgd']
   pgtol = lb.PGTOL
   for name, params, iters in cases:
     if only and name.split(' ')[0] not in only:
       continue
     attack = name.split(' ')[0]
     targeted = attack == 'lbfgs'
-    cw.CHUNKED = df.CHUNKED = False if 'while' in name else None
+    cw.CHUNKED = df.CHUNKED = ap.CHUNKED = (False if 'while' in name
+                                            else None)
     # Every L-BFGS iteration runs (random weights can stop it at once).
     lb.PGTOL = -1.0 if attack == 'lbfgs' else pgtol
     fn = lambda: attacks.get(attack)(clf, x, y, targeted=targeted, **params)
@@ -132,7 +137,7 @@ def main(argv):
              else '')
     print(f'| {name} | {iters} | {t / b * 1e3:.2f} | '
           f'{t / (iters * grad_s):.2f} | {floor} |', flush=True)
-  cw.CHUNKED = df.CHUNKED = None
+  cw.CHUNKED = df.CHUNKED = ap.CHUNKED = None
   lb.PGTOL = pgtol
 
 
