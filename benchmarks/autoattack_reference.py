@@ -14,7 +14,7 @@ Loads the trained run in W, takes its first --images test images (the images
   independently of this project, on the same class scores.
 The model reaches torch through a small bridge: a `torch.autograd.Function`
 whose forward calls the compiled class scores and whose backward calls their
-compiled vector-Jacobian product (batches padded to powers of two, so a few
+compiled vector-Jacobian product (batches padded to a few sizes, so few
 shapes compile). Both attacks are judged by the model's own decoding.
 
 Prints a markdown table (robust accuracy with the 95% Wilson interval, wall
@@ -52,7 +52,8 @@ _SEED = flags.DEFINE_integer('seed', 0, 'Seed of both attacks.')
 
 
 def _bucket(n: int) -> int:
-  return 1 << max(0, (n - 1).bit_length())
+  """Padded batch size: powers of two up to 64, then multiples of 64."""
+  return 1 << max(0, (n - 1).bit_length()) if n <= 64 else -(-n // 64) * 64
 
 
 def torch_bridge(clf):

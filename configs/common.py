@@ -132,6 +132,9 @@ def get_config(dataset: str, arg: str | None, num_classes: int = 10):
   c.adaptive.num_examples = 1000  # 0 = the whole test split.
   c.adaptive.members = ('apgd-ce', 'apgd-t', 'pgd-margin', 'square')
   c.adaptive.seed = 0
+  # The results folder under the workdir (the report reads 'adaptive'); give
+  # another member list its own, e.g. 'adaptive_label_only'.
+  c.adaptive.folder = 'adaptive'
 
   # --mode=attack. Unset (None) parameters take the attack's defaults, which
   # are cleverhans v2.1's as the paper used them (see mlrobust/attacks).
@@ -156,8 +159,9 @@ def get_config(dataset: str, arg: str | None, num_classes: int = 10):
   c.attack.semantics = config_dict.placeholder(str)
   c.attack.n_iter = config_dict.placeholder(int)  # apgd
   c.attack.rho = config_dict.placeholder(float)  # apgd
-  c.attack.norm = config_dict.placeholder(str)  # apgd: 'linf' (default), 'l2'
-  c.attack.n_queries = config_dict.placeholder(int)  # square
+  # apgd, hop_skip_jump: 'linf' (default), 'l2'.
+  c.attack.norm = config_dict.placeholder(str)
+  c.attack.n_queries = config_dict.placeholder(int)  # square, hop_skip_jump
   c.attack.p_init = config_dict.placeholder(float)  # square
   c.attack.batch_size = 128  # Images per compiled attack call.
   c.attack.seed = 0  # Random targets and PGD starts.

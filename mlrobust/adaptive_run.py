@@ -10,10 +10,14 @@ eps of `config.adaptive.eps`, one resumable file per eps
 (`W/adaptive/ensemble_eps=<eps>_n=<n>.json`, reused only if computed on the
 same model and images), then runs the checklist and writes
 `W/adaptive/checklist_n=<n>.json`. Each file records what produced it (model
-fingerprint, checkpoint step, image digest, members).
+fingerprint, checkpoint step, image digest, members). The folder is
+`config.adaptive.folder` ('adaptive', which the report reads): results of
+another member list are never overwritten; such a run is refused and asked
+for its own folder.
 """
 
 import os
+import re
 import time
 
 from absl import logging
@@ -34,6 +38,11 @@ def check_config(adaptive_config) -> None:
   if not a.eps or any(e < 0 for e in a.eps) or list(a.eps) != sorted(a.eps):
     raise ValueError(f'adaptive.eps must be ascending values >= 0, got '
                      f'{a.eps}')
+  if (not isinstance(a.folder, str) or not re.fullmatch(r'[\w.-]+', a.folder)
+      or a.folder in ('.', '..', 'eval', 'attacks', 'checkpoints')):
+    raise ValueError(f'adaptive.folder {a.folder!r} must be a plain folder '
+                     "name (letters, digits, '_', '-', '.'), not 'eval', "
+                     "'attacks' or 'checkpoints'")
   unknown = sorted(set(a.members) - set(adaptive.MEMBERS))
   if unknown or not a.members:
     raise ValueError(f'adaptive.members {tuple(a.members)}: unknown '
@@ -50,7 +59,7 @@ def run_adaptive(config, workdir: str) -> dict:
 def _run(config, workdir):
   a = config.adaptive
   clf, provenance = workdir_lib.load_trained(config, workdir)
-  out_dir = workdir_lib.results_dir(workdir, 'adaptive')
+  out_dir = workdir_lib.results_dir(workdir, a.folder)
   workdir_lib.check_writable(out_dir)
   dataset_name, x, y = data.load_test(config.data, a.num_examples)
   n = len(x)
@@ -70,6 +79,11 @@ def _run(config, workdir):
     if done is not None and workdir_lib.stale_reason(done, identity) is None:
       cells.append(done)
       continue
+    if done is not None and done.get('members') != identity['members']:
+      raise ValueError(
+          f'{path} holds the ensemble of {done.get("members")}, not of '
+          f'{identity["members"]}; it is kept: give this member list its '
+          'own folder with --config.adaptive.folder=<name>')
     start = time.time()
     result = adaptive.ensemble(clf, x, y, eps, members=tuple(a.members),
                                rng=jax.random.fold_in(rng, i))

@@ -86,12 +86,29 @@ def test_adaptive_mode_writes_resumable_cells_and_the_checklist(trained):
   assert [c['robust_accuracy'] for c in again['cells']] == [
       c['robust_accuracy'] for c in result['cells']]
   assert 'robust accuracy' in adaptive_run.describe(result)
+  # Another member list never overwrites these: refused, then its own folder.
+  other = config.copy_and_resolve_references()
+  other.adaptive.members = ('apgd-ce',)
+  with pytest.raises(ValueError, match='adaptive.folder'):
+    adaptive_run.run_adaptive(other, workdir)
+  assert os.stat(os.path.join(out, 'ensemble_eps=0.1_n=8.json')
+                 ).st_mtime_ns == stamp
+  other.adaptive.folder = 'adaptive_apgd'
+  other.adaptive.eps = (0.1,)
+  alone = adaptive_run.run_adaptive(other, workdir)
+  assert os.path.exists(os.path.join(workdir, 'adaptive_apgd',
+                                     'ensemble_eps=0.1_n=8.json'))
+  assert alone['cells'][0]['members'] == ['apgd-ce']
 
 
 def test_bad_adaptive_config_fails_before_work(tmp_path):
   config = conftest.smoke_config()
   config.adaptive.members = ('apgd-ce', 'fab-t')
   with pytest.raises(ValueError, match="unknown \\['fab-t'\\]"):
+    adaptive_run.run_adaptive(config, str(tmp_path / 'none'))
+  config.adaptive.members = ('apgd-ce',)
+  config.adaptive.folder = '../elsewhere'
+  with pytest.raises(ValueError, match='plain folder name'):
     adaptive_run.run_adaptive(config, str(tmp_path / 'none'))
   assert not os.path.exists(tmp_path / 'none')
 
