@@ -970,3 +970,20 @@ def test_hop_skip_jump_breaks_a_trained_model_from_labels_only():
                              n_queries=2000)
   assert np.all(l2.l2 <= 3.0 + 1e-4)
   assert np.mean(l2.prediction == y) < 0.1
+
+
+def test_hop_skip_jump_starts_where_uniform_noise_is_one_class():
+  # Class 1 iff the mean pixel exceeds 0.4: uniform noise (mean ~0.5) is
+  # always class 1, so a bright image of class 1 can only start from a
+  # sparse random image.
+  def fn(x):
+    m = x.reshape(len(x), -1).mean(axis=1) - 0.4
+    return jnp.stack([-m, m], axis=1)
+
+  clf = classifier.from_function(fn, targets=jnp.eye(2),
+                                 activation='identity', loss='ce')
+  x = np.full((3, 8, 8, 1), 0.6, np.float32)
+  y = np.ones(3, np.int32)
+  result = attacks.hop_skip_jump(clf, x, y, eps=0.25, n_queries=500)
+  assert result.success.all()  # Linf 0.2 + a little suffices.
+  assert np.all(result.linf <= 0.25 + 1e-6)

@@ -5,8 +5,12 @@ Decision-based (label-only): it sees only the model's prediction
 (`clf.predict`), never a score or a gradient. It is the attack for the threat
 model where the codebook is secret and only the predicted class is visible.
 Per example, with phi(v) = [prediction(v) != y]:
-  start:     uniform random images until one is misclassified (at most
-             INIT_TRIES), then a binary search on the blend (1 - a) x + a noise
+  start:     random images until one is misclassified (at most
+             INIT_TRIES): uniform noise, alternating with sparse binary noise
+             (each pixel 1 with a probability drawn from U(0, 0.25)), since a
+             model may put all uniform noise in one class (a trained MNIST
+             model: all of it in class 8, so images of that class could never
+             start); then a binary search on the blend (1 - a) x + a noise
              down to a precision of 0.001;
   boundary:  a binary search along the projection of the current point onto
              the ball of radius r around x (L2: the blend (1 - r) x + r v;
@@ -46,6 +50,8 @@ from mlrobust.attacks import core
 
 # Random starts tried per example.
 INIT_TRIES = 100
+# The largest pixel density of the sparse binary starts.
+SPARSE_DENSITY = 0.25
 # Precision of the start's blend search.
 INIT_PRECISION = 1e-3
 # The first iteration's number of gradient queries (the paper's B_0).
@@ -115,10 +121,20 @@ def _mid(clf, x, v, y, low, high, todo, *, norm):
           jnp.where(todo & adversarial, mid, high))
 
 
+def _random_image(key, k, shape):
+  """Try k's random image: uniform noise (k even) or sparse binary noise."""
+  k_image, k_density = jax.random.split(key)
+  uniform = jax.random.uniform(k_image, shape)
+  density = jax.random.uniform(k_density, (), maxval=SPARSE_DENSITY)
+  return jnp.where(k % 2 == 0, uniform, (uniform < density).astype(
+      uniform.dtype))
+
+
 @jax.jit
 def _noise_try(clf, x, y, keys, k):
-  noise = jax.vmap(lambda key: jax.random.uniform(
-      jax.random.fold_in(jax.random.fold_in(key, 0), k), x.shape[1:]))(keys)
+  noise = jax.vmap(lambda key: _random_image(
+      jax.random.fold_in(jax.random.fold_in(key, 0), k), k, x.shape[1:]))(
+          keys)
   return noise, _decide(clf, noise, y)
 
 
