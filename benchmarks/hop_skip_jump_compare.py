@@ -98,7 +98,7 @@ def main(argv):
   print(f'\n# {config.data.name} {workdir_lib.run_label(config)} '
         f'({config.size}), {n} test images (clean accuracy '
         f'{clean.mean():.3f}; {dropped} more dropped: foolbox found no '
-        'start), jax {jax.__version__}, foolbox '
+        f'start), jax {jax.__version__}, foolbox '
         f'{fb.__version__}, {platform.machine()} '
         f'{jax.devices()[0].device_kind}')
   heads = ' | '.join(f'accuracy at eps {e:g}' for e in eps_grid)
