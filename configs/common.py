@@ -161,6 +161,7 @@ def get_config(dataset: str, arg: str | None, num_classes: int = 10):
   c.attack.rho = config_dict.placeholder(float)  # apgd
   # apgd, hop_skip_jump: 'linf' (default), 'l2'.
   c.attack.norm = config_dict.placeholder(str)
+  c.attack.space = config_dict.placeholder(str)  # cw_l2_distance
   c.attack.n_queries = config_dict.placeholder(int)  # square, hop_skip_jump
   c.attack.p_init = config_dict.placeholder(float)  # square
   c.attack.batch_size = 128  # Images per compiled attack call.

@@ -220,6 +220,42 @@ def test_cw_distance_success_agrees_with_decoding_on_codewords():
                                 x[~result.success])
 
 
+def test_cw_distance_in_logit_space_by_hand_and_on_a_saturated_softmax():
+  # The paper's wording: D between the logits z and the targets. On one-hot
+  # targets f = max(D(z, e_t) - min_{i != t} D(z, e_i), 0) is zero exactly
+  # when argmax z = t, like the logit margin.
+  rng = np.random.default_rng(0)
+  z = rng.normal(size=(64, 5)).astype(np.float32)
+  t = rng.integers(0, 5, 64)
+  clf, _, _ = _affine(k=5, activation='softmax')
+  f = np.asarray(attacks.cw._f(clf, jnp.asarray(z), jnp.asarray(t),
+                               margin='logit_distance', targeted=True,
+                               confidence=0.0))
+  d = np.linalg.norm(z[:, None, :] - np.eye(5)[None], axis=2)
+  own = d[np.arange(64), t]
+  d[np.arange(64), t] = np.inf
+  np.testing.assert_allclose(f, np.maximum(own - d.min(1), 0), atol=1e-6)
+  np.testing.assert_array_equal(f == 0, z.argmax(1) == t)
+  # A softmax saturated to 1.0 in float32 has no gradient in probability
+  # space: the default (outputs) reading cannot move; the logit reading can.
+  w = jax.random.normal(jax.random.key(3), (N_PIX, 3))
+  fn = lambda x: 400.0 * (x.reshape(len(x), -1) - 0.5) @ w
+  clf = classifier.from_function(fn, jnp.eye(3), activation='softmax',
+                                 loss='ce')
+  x = np.asarray(jax.random.uniform(jax.random.key(4), (6, *SHAPE)))
+  y = np.asarray(clf.predict(jnp.asarray(x)))
+  assert np.all(np.asarray(clf.outputs(jnp.asarray(x))).max(1) == 1.0)
+  t = attacks.random_targets(jax.random.key(6), y, 3)
+  kw = dict(targeted=True, initial_const=10.0, learning_rate=0.05,
+            max_iterations=100, binary_search_steps=2)
+  outputs = attacks.cw_l2_distance(clf, x, t, **kw)
+  logits = attacks.cw_l2_distance(clf, x, t, space='logits', **kw)
+  assert not outputs.success.any()
+  assert logits.success.all()
+  pred = np.asarray(clf.predict(jnp.asarray(logits.adv)))
+  np.testing.assert_array_equal(pred, t)
+
+
 def _codeword_linear(d=32, k=4, seed=7, scale=2.0, bias=-4.0):
   codebook = heads.make_codebook(jax.random.key(seed), k, d)
   w = scale * jax.random.normal(jax.random.key(seed + 1), (N_PIX, d))
@@ -349,6 +385,7 @@ def test_trained_model_pgd_beats_fgsm_and_targeted_success_rises():
     (dict(name='hop_skip_jump', norm='l1'), 'unknown norm'),
     (dict(name='hop_skip_jump', n_queries=0), 'n_queries must be >= 1'),
     (dict(name='apgd', norm='l2', eps=-1.0), 'eps must be >= 0'),
+    (dict(name='cw_l2_distance', space='probabilities'), 'unknown space'),
 ])
 def test_invalid_parameters_raise(kwargs, match):
   clf, _, _ = _affine()

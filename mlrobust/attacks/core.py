@@ -182,6 +182,9 @@ PARAM_RULES = {
 SEMANTICS = ('decoding', 'cleverhans')
 # The norms of an attack's ball (apgd).
 NORMS = ('linf', 'l2')
+# Where cw_l2_distance measures its distances: the head's outputs or the
+# pre-activations (the paper's "logits").
+SPACES = ('outputs', 'logits')
 
 
 def check_values(**params) -> None:
@@ -193,6 +196,10 @@ def check_values(**params) -> None:
       if value not in SEMANTICS:
         raise ValueError(f'unknown semantics {value!r}; choose one of '
                          f'{list(SEMANTICS)}')
+    elif name == 'space':
+      if value not in SPACES:
+        raise ValueError(f'unknown space {value!r}; choose one of '
+                         f'{list(SPACES)}')
     elif name == 'norm':
       if value not in NORMS:
         raise ValueError(f'unknown norm {value!r}; choose one of '

@@ -23,7 +23,15 @@ paper's "CWL2 against R:TANH:MSE" rows were made: f rarely reaches 0 then
 f for `cw_l2_distance` uses the distances D of the outputs to the targets:
   f = max(D(o, t_y) - min_{i != y} D(o, t_i) + confidence, 0)   (targeted),
   f = max(min_{i != y} D(o, t_i) - D(o, t_y) + confidence, 0)   (untargeted),
-which is zero exactly when the decoding gives (or leaves) the class.
+which is zero exactly when the decoding gives (or leaves) the class. The
+paper (Section 3.3) writes D between "the logits" z and the targets; D is
+taken on the head's outputs o (softmax probabilities, tanh values) by
+default, where the decoding measures it. `space='logits'` takes the paper's
+words literally, D(z, t) on the pre-activations. On a one-hot head that is
+the logit margin in disguise (||z - e_i||^2 = ||z||^2 - 2 z_i + 1, so f = 0
+exactly when argmax z is the class) and does not saturate with the softmax;
+on a codeword head D(z, t) is not what the decoding measures, and iterates
+are still kept only when the decoding reaches the goal.
 
 The initial c is traced, so a sweep over c compiles once.
 """
@@ -38,7 +46,7 @@ import optax
 from mlrobust import heads
 from mlrobust.attacks import core
 
-MARGINS = ('logits', 'distance')
+MARGINS = ('logits', 'distance', 'logit_distance')
 # How the attack loops: None picks host-driven chunks of unrolled iterations
 # on the CPU and one compiled while-loop program elsewhere; True or False
 # forces one. Both compute the same (tested).
@@ -56,7 +64,8 @@ def _f(clf, z, y, *, margin, targeted, confidence):
     other = jnp.max((1.0 - t) * z - 10000.0 * t, axis=1)
     gap = other - real if targeted else real - other
   else:
-    d = heads.distances(heads.activate(clf.activation, z), clf.targets)
+    o = z if margin == 'logit_distance' else heads.activate(clf.activation, z)
+    d = heads.distances(o, clf.targets)
     own = jnp.take_along_axis(d, y[:, None], axis=1)[:, 0]
     rest = jnp.min(jnp.where(jax.nn.one_hot(y, d.shape[1], dtype=bool),
                              jnp.inf, d), axis=1)
@@ -324,13 +333,18 @@ def cw_l2(clf, x, y, *, targeted=False, rng=None, initial_const=0.01,
 def cw_l2_distance(clf, x, y, *, targeted=False, rng=None, initial_const=0.01,
                    confidence=0.0, learning_rate=5e-3, binary_search_steps=5,
                    max_iterations=1000, abort_early=True,
-                   semantics='decoding',
+                   semantics='decoding', space='outputs',
                    batch_size=None) -> core.AttackResult:
   """Saito & Roy's CW-L2 with a margin of distances to the targets.
 
-  Arguments as `cw_l2`.
+  Arguments as `cw_l2`, and:
+    space: where the distances D are measured: 'outputs' (the default: the
+      head's outputs, as the decoding) or 'logits' (the pre-activations, the
+      paper's wording; see the module docstring).
   """
-  return _attack(clf, x, y, margin='distance', targeted=targeted, rng=rng,
+  core.check_values(space=space)
+  margin = 'distance' if space == 'outputs' else 'logit_distance'
+  return _attack(clf, x, y, margin=margin, targeted=targeted, rng=rng,
                  initial_const=initial_const, confidence=confidence,
                  learning_rate=learning_rate,
                  binary_search_steps=binary_search_steps,

@@ -38,7 +38,8 @@ UNTARGETED_ONLY = ('deepfool', 'square', 'hop_skip_jump')
 PARAM_FIELDS = ('loss', 'eps', 'eps_iter', 'nb_iter', 'decay', 'initial_const',
                 'binary_search_steps', 'max_iterations', 'learning_rate',
                 'confidence', 'max_iter', 'nb_candidate', 'overshoot',
-                'semantics', 'n_iter', 'rho', 'n_queries', 'p_init', 'norm')
+                'semantics', 'n_iter', 'rho', 'n_queries', 'p_init', 'norm',
+                'space')
 INT_PARAMS = ('nb_iter', 'binary_search_steps', 'max_iterations', 'max_iter',
               'nb_candidate', 'n_iter', 'n_queries')
 
