@@ -1,8 +1,9 @@
 r"""Attack cost against its lower bound: nb_iter x one input-gradient step.
 
 For each attack on the `cpu` DenseNet (MNIST shape, tanh_mse head, random
-weights: the cost of a fixed number of iterations does not depend on them) and
-a batch of 128 images, prints the wall time per image and the ratio
+weights: the cost of a fixed number of iterations does not depend on them,
+except L-BFGS's, whose line search backtracks more on an untrained network)
+and a batch of 128 images, prints the wall time per image and the ratio
 
   attack time / (iterations x time of one jitted input-gradient step)
 
@@ -16,6 +17,12 @@ images it cannot fool within it (overshoot 0), so it runs every iteration;
 each of its iterations takes nb_candidate gradients.
 
   python benchmarks/attacks.py            # see BENCHMARKS.md
+  python benchmarks/attacks.py --workdir=W --only=lbfgs
+
+With --workdir, the trained model of run W and its first test images (L-BFGS:
+random targets): the realistic cost of L-BFGS's line search. Attacks that
+stop examples early on success (DeepFool, APGD) then run fewer iterations
+than the ratio assumes.
 """
 
 import platform
@@ -31,14 +38,19 @@ import numpy as np
 from configs import common
 from mlrobust import attacks
 from mlrobust import classifier as classifier_lib
+from mlrobust import data
 from mlrobust import heads
 from mlrobust import models
+from mlrobust import workdir as workdir_lib
 from mlrobust.attacks import cw
 
 _BATCH = flags.DEFINE_integer('batch_size', 128, 'Images per batch.')
 _REPEATS = flags.DEFINE_integer('repeats', 3, 'Timed runs per attack.')
 _PRESET = flags.DEFINE_string('preset', 'tanh_mse', 'Config preset.')
 _ONLY = flags.DEFINE_list('only', [], 'Attacks to measure (default: all).')
+_WORKDIR = flags.DEFINE_string(
+    'workdir', None, 'A trained run: measure on its model and its first '
+    '--batch_size test images instead of random weights and images.')
 
 
 def _timed(fn, repeats):
@@ -53,18 +65,25 @@ def _timed(fn, repeats):
 
 def main(argv):
   del argv
-  config = common.get_config('mnist', f'{_PRESET.value},cpu')
-  model = models.make(config.model, config.head.dim)
-  variables = model.init(jax.random.key(0), jnp.zeros((1, 28, 28, 1)))
-  targets = heads.make_targets(config.head.targets, 10, config.head.dim,
-                               jax.random.key(1))
-  clf = classifier_lib.from_model(model, variables, targets,
-                                  activation=config.head.activation,
-                                  loss=config.loss)
-  rng = np.random.default_rng(0)
   b = _BATCH.value
-  x = rng.uniform(0, 1, (b, 28, 28, 1)).astype(np.float32)
-  y = rng.integers(0, 10, b).astype(np.int32)
+  if _WORKDIR.value:
+    config, clf = workdir_lib.load_run(_WORKDIR.value)
+    _, x, y = data.load_test(config.data, b)
+    x, y = np.asarray(x, np.float32), np.asarray(y, np.int32)
+    weights = f'trained: {_WORKDIR.value}'
+  else:
+    config = common.get_config('mnist', f'{_PRESET.value},cpu')
+    model = models.make(config.model, config.head.dim)
+    variables = model.init(jax.random.key(0), jnp.zeros((1, 28, 28, 1)))
+    targets = heads.make_targets(config.head.targets, 10, config.head.dim,
+                                 jax.random.key(1))
+    clf = classifier_lib.from_model(model, variables, targets,
+                                    activation=config.head.activation,
+                                    loss=config.loss)
+    rng = np.random.default_rng(0)
+    x = rng.uniform(0, 1, (b, 28, 28, 1)).astype(np.float32)
+    y = rng.integers(0, 10, b).astype(np.int32)
+    weights = 'random weights'
   xj, yj = jnp.asarray(x), jnp.asarray(y)
 
   @jax.jit
@@ -106,7 +125,8 @@ def main(argv):
       ('apgd', {'n_iter': 100, 'eps': 0.0}, 100),
   ]
   print(f'# cpu DenseNet-{config.model.depth}-k{config.model.growth_rate} '
-        f'({_PRESET.value}), batch {b}, jax {jax.__version__}, '
+        f'({config.head.activation} head, {weights}), batch {b}, '
+        f'jax {jax.__version__}, '
         f'{platform.machine()} {jax.devices()[0].device_kind}')
   print(f'# one input-gradient step: {grad_s * 1e3:.1f} ms per batch; '
         f'DeepFool floor (1 forward + 10 backward): {floor_s * 1e3:.1f} ms')
@@ -117,8 +137,9 @@ def main(argv):
   # and on the CPU before the host-driven chunks).
   cases += [(f'{name} (while program)', params, iters)
             for name, params, iters in cases
-            if name.startswith(('cw', 'deepfool', 'apgd'))]
+            if name.startswith(('cw', 'deepfool', 'apgd', 'lbfgs'))]
   only = _ONLY.value
+  lbfgs_targets = attacks.random_targets(jax.random.key(0), y, 10)
   lb = sys.modules['mlrobust.attacks.lbfgs']
   ap = sys.modules['mlrobust.attacks.auto_pgd']
   pgtol = lb.PGTOL
@@ -127,17 +148,19 @@ def main(argv):
       continue
     attack = name.split(' ')[0]
     targeted = attack == 'lbfgs'
-    cw.CHUNKED = df.CHUNKED = ap.CHUNKED = (False if 'while' in name
-                                            else None)
+    cw.CHUNKED = df.CHUNKED = ap.CHUNKED = lb.CHUNKED = (
+        False if 'while' in name else None)
     # Every L-BFGS iteration runs (random weights can stop it at once).
     lb.PGTOL = -1.0 if attack == 'lbfgs' else pgtol
-    fn = lambda: attacks.get(attack)(clf, x, y, targeted=targeted, **params)
+    goal = lbfgs_targets if targeted else y
+    fn = lambda: attacks.get(attack)(clf, x, goal, targeted=targeted,
+                                     **params)
     t = _timed(fn, _REPEATS.value)
     floor = (f'{t / (iters * floor_s):.2f}' if attack == 'deepfool'
              else '')
     print(f'| {name} | {iters} | {t / b * 1e3:.2f} | '
           f'{t / (iters * grad_s):.2f} | {floor} |', flush=True)
-  cw.CHUNKED = df.CHUNKED = ap.CHUNKED = None
+  cw.CHUNKED = df.CHUNKED = ap.CHUNKED = lb.CHUNKED = None
   lb.PGTOL = pgtol
 
 

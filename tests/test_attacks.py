@@ -1024,3 +1024,97 @@ def test_hop_skip_jump_starts_where_uniform_noise_is_one_class():
   result = attacks.hop_skip_jump(clf, x, y, eps=0.25, n_queries=500)
   assert result.success.all()  # Linf 0.2 + a little suffices.
   assert np.all(result.linf <= 0.25 + 1e-6)
+
+
+def _optax_lbfgs_alone(clf, x, t, c, iterations):
+  """Reference: optax's own `lbfgs` (Armijo backtracking from the unit step,
+  halving), projected on the box, run on one example at a time, one round
+  at c: the implementation the batched attack replaced."""
+  from mlrobust.attacks import core  # pylint: disable=g-import-not-at-top
+  lb = sys.modules['mlrobust.attacks.lbfgs']
+  out = []
+  for xi, ti in zip(x, t):
+    xi, ti = jnp.asarray(xi[None]), jnp.asarray(ti[None])
+    objective = lambda v, xi=xi, ti=ti: jnp.sum(
+        c * core.attack_loss(clf, v, ti, 'train') + jnp.sum((v - xi) ** 2))
+    on_box = lambda v, f=objective: f(jnp.clip(v, 0.0, 1.0))
+    opt = optax.lbfgs(linesearch=optax.scale_by_backtracking_linesearch(
+        max_backtracking_steps=20, decrease_factor=0.5, increase_factor=1e6))
+
+    @jax.jit
+    def step(v, value, grad, state, f=objective, g=on_box, opt=opt):
+      p = lb._projected(grad, v)  # pylint: disable=protected-access
+      updates, state = opt.update(p, state, v, value=value, grad=p,
+                                  value_fn=g)
+      new = jnp.clip(optax.apply_updates(v, updates), 0.0, 1.0)
+      new_value, new_grad = jax.value_and_grad(f)(new)
+      keep = new_value <= value
+      return (jnp.where(keep, new, v), jnp.where(keep, new_value, value),
+              jnp.where(keep, new_grad, grad), state)
+
+    v, state = xi, opt.init(xi)
+    value, grad = jax.value_and_grad(objective)(v)
+    for _ in range(iterations):
+      v, value, grad, state = step(v, value, grad, state)
+    out.append(np.asarray(v[0]))
+  return np.stack(out)
+
+
+@pytest.mark.parametrize('model, c', [('affine', 0.1), ('affine', 1.0),
+                                      ('codeword', 1.0)])
+def test_lbfgs_equals_optax_lbfgs_alone_and_its_chunks_the_while_loop(
+    model, c, monkeypatch):
+  # The batched attack (per-example state; the line search's unit step
+  # evaluated with its gradient) computes what optax.lbfgs computes on each
+  # example alone; its CPU path (chunks of unrolled iterations driven from
+  # the host) what its one-program while loop computes. Few iterations, on
+  # well-conditioned problems: L-BFGS amplifies last-bit differences.
+  lb = sys.modules['mlrobust.attacks.lbfgs']
+  monkeypatch.setattr(lb, 'PGTOL', -1.0)  # Every iteration runs.
+  clf = (_affine(seed=3, activation='softmax', loss='ce')[0]
+         if model == 'affine' else _codeword_linear())
+  x = np.asarray(jax.random.uniform(jax.random.key(5), (6, *SHAPE)))
+  t = attacks.random_targets(jax.random.key(6), np.asarray(clf.predict(
+      jnp.asarray(x))), clf.num_classes)
+  b = len(x)
+  goal, const = jnp.asarray(t), jnp.full((b,), c)
+
+  def batched(iterations):
+    state = lb._round_state(clf, jnp.asarray(x), goal, const,  # pylint: disable=protected-access
+                            jnp.full((b,), jnp.inf), jnp.asarray(x),
+                            loss='train')
+    for _ in range(iterations):
+      state = lb._step(clf, jnp.asarray(x), goal, const, state,  # pylint: disable=protected-access
+                       loss='train', max_iterations=iterations)
+    return np.asarray(state['x'])
+
+  def objective(v):
+    return np.asarray(c * clf.loss(jnp.asarray(v), goal) + np.sum(
+        (v - x) ** 2, axis=(1, 2, 3)))
+
+  # While unit steps are accepted the two agree to float precision.
+  ref = _optax_lbfgs_alone(clf, x, t, c, 3)
+  np.testing.assert_allclose(batched(3), ref, atol=1e-5)
+  assert np.abs(ref - x).max() > 0.01  # It moved.
+  # Near the optimum, accept-or-halve decisions on values equal to the last
+  # bit go either way; the objective they reach is the same.
+  ref = _optax_lbfgs_alone(clf, x, t, c, 20)
+  np.testing.assert_allclose(objective(batched(20)), objective(ref),
+                             rtol=1e-4)
+  # The whole attack (3 rounds of the search over c): chunks vs one program.
+  monkeypatch.setattr(lb, 'CHUNK', 4)  # 10 iterations: the last overruns.
+  results = []
+  for chunked in (False, True):
+    monkeypatch.setattr(lb, 'CHUNKED', chunked)
+    results.append(attacks.lbfgs(clf, x, t, initial_const=c,
+                                 binary_search_steps=3, max_iterations=10))
+  np.testing.assert_allclose(results[1].adv, results[0].adv, atol=1e-5)
+  np.testing.assert_array_equal(results[1].success, results[0].success)
+
+
+def test_lbfgs_chunks_divide_the_iterations():
+  lb = sys.modules['mlrobust.attacks.lbfgs']
+  assert lb.chunk_size(1000) == 10
+  assert lb.chunk_size(100) == 10
+  assert lb.chunk_size(21) == 7
+  assert lb.chunk_size(5) == 5

@@ -6,14 +6,16 @@ per step (an example stops early when its projected gradient vanishes),
 keeping the closest successful x'. As in cleverhans v2.1 (which the
 paper used), c weighs the classification loss, so larger c means more
 aggressive attacks (success rises with c in the paper's Table 5). Each example
-is its own L-BFGS problem (cleverhans attacks one image at a time), vmapped
-over the batch, so a result never depends on the other images of a batch.
-cleverhans calls scipy's L-BFGS-B; here it is optax's L-BFGS on the projected
-gradient (pixels at a bound that the gradient pushes outwards are held), with
-a backtracking line search along the projected path, so that the attack is
-one compiled program; a test holds it against scipy's L-BFGS-B. The loss
-defaults to the model's training loss against the target's representation
-(Saito & Roy Section 4.3.2).
+is its own L-BFGS problem (cleverhans attacks one image at a time), with its
+own Hessian approximation, line search and stopping point, so a result never
+depends on the other images of a batch.
+cleverhans calls scipy's L-BFGS-B; here it is optax's L-BFGS direction on
+the projected gradient (pixels at a bound that the gradient pushes outwards
+are held), with a backtracking line search along the projected path, batched
+with per-example state and compiled; a test holds it against scipy's
+L-BFGS-B, another against optax's own `lbfgs` run on each example alone.
+The loss defaults to the model's training loss against the target's
+representation (Saito & Roy Section 4.3.2).
 """
 
 import functools
@@ -30,27 +32,22 @@ from mlrobust.attacks import core
 # float32 it fires on the first step that rounds to no change, measured to
 # cost success (0.875 vs 0.969 on 32 MNIST images at 100 iterations).
 PGTOL = 1e-5
+# The line search: Armijo backtracking from the unit step along the projected
+# path, halving, at most this many halvings (optax's
+# scale_by_backtracking_linesearch with these settings, evaluated per
+# example).
+MAX_BACKTRACKING_STEPS = 20
+DECREASE_FACTOR = 0.5
+INCREASE_FACTOR = 1e6
+SLOPE_RTOL = 1e-4
+# How the attack loops: None picks host-driven chunks of unrolled iterations
+# on the CPU and one compiled while-loop program elsewhere; True or False
+# forces one. Both compute the same (tested).
+CHUNKED = None
+# Iterations per unrolled chunk (at most; a divisor of max_iterations).
+CHUNK = 10
 
-
-def _linesearch():
-  """Armijo backtracking from the unit step (halving; values only)."""
-  return optax.scale_by_backtracking_linesearch(
-      max_backtracking_steps=20, decrease_factor=0.5, increase_factor=1e6)
-
-
-@functools.partial(jax.jit, static_argnames=(
-    'loss', 'binary_search_steps', 'max_iterations', 'cleverhans'))
-def _lbfgs(clf, x, y, rng, initial_const, *, loss, binary_search_steps,
-           max_iterations, cleverhans=False):
-  """Each example is its own L-BFGS problem (vmapped), as if attacked alone."""
-  del rng
-  solve = functools.partial(_solve_one, clf, initial_const=initial_const,
-                            loss=loss, binary_search_steps=binary_search_steps,
-                            max_iterations=max_iterations,
-                            cleverhans=cleverhans)
-  best_adv = jax.vmap(lambda xi, yi: solve(xi[None], yi[None])[0])(x, y)
-  best_adv = jax.lax.stop_gradient(best_adv)
-  return best_adv, clf.predict(best_adv)
+_STATIC = ('loss', 'max_iterations')
 
 
 def _projected(grad, x):
@@ -59,57 +56,218 @@ def _projected(grad, x):
                    jnp.where(x >= 1.0, jnp.maximum(grad, 0.0), grad))
 
 
-def _solve_one(clf, x, y, *, initial_const, loss, binary_search_steps,
-               max_iterations, cleverhans):
-  """The attack on one example (x [1, H, W, C]): its own line searches and
-  Hessian approximation."""
+def _per_example(a, b):
+  """a reshaped to broadcast against the batch b [B, ...]."""
+  return a.reshape((a.shape[0],) + (1,) * (b.ndim - 1))
+
+
+def _objective(clf, x0, y, const, loss):
+  """x' -> (per-example objective [B], its per-example gradient)."""
+  axes = tuple(range(1, x0.ndim))
+
+  def per_example(x_new):
+    l2 = jnp.sum(jnp.square(x_new - x0), axis=axes)
+    return const * core.attack_loss(clf, x_new, y, loss) + l2
+
+  def value_and_grad(x_new):
+    # The sum's gradient is each example's own gradient.
+    (_, value), grad = jax.value_and_grad(
+        lambda v: (jnp.sum(per_example(v)), per_example(v)),
+        has_aux=True)(x_new)
+    return value, grad
+
+  return per_example, value_and_grad
+
+
+def _direction_tx():
+  """optax's L-BFGS direction (memory 10, scaled initial preconditioner)."""
+  return optax.chain(optax.scale_by_lbfgs(), optax.scale(-1.0))
+
+
+def _round_state(clf, x0, y, const, best_l2, best_adv, *, loss):
+  """The state of one search round: every example starts at x0."""
+  _, value_and_grad = _objective(clf, x0, y, const, loss)
+  value, grad = value_and_grad(x0)
+  b = x0.shape[0]
+  return {'i': jnp.array(0), 'x': x0, 'value': value, 'grad': grad,
+          'direction': jax.vmap(_direction_tx().init)(x0),
+          'lr': jnp.ones((b,), x0.dtype), 'done': jnp.zeros((b,), bool),
+          'best_l2': best_l2, 'best_adv': best_adv}
+
+
+def _decrease_error(lr, slope, value, new_value):
+  """optax's backtracking criterion: > 0 rejects the step lr."""
+  error = new_value - value - lr * SLOPE_RTOL * slope
+  return jnp.maximum(jnp.where(jnp.isnan(error), jnp.inf, error), 0.0)
+
+
+def _step(clf, x0, y, const, state, *, loss, max_iterations):
+  """One L-BFGS iteration for the examples still running.
+
+  Each example has its own Hessian approximation, line search and stopping
+  point, as if it were attacked alone (cleverhans runs it one image at a
+  time). The line search's first trial, the unit step, is evaluated with its
+  gradient, so an accepted unit step (the usual case on a trained model)
+  costs one value-and-gradient; the forward-only backtracking runs only when
+  some example rejects it. Past `max_iterations` the step changes nothing,
+  so chunks of steps may overrun the round's end.
+  """
+  per_example, value_and_grad = _objective(clf, x0, y, const, loss)
+  x, value, grad = state['x'], state['value'], state['grad']
+  active = ~state['done'] & (state['i'] < max_iterations)
   axes = tuple(range(1, x.ndim))
-  opt = optax.lbfgs(linesearch=_linesearch())
+  # Pixels at a bound whose gradient points out of the box stay there; the
+  # line search runs on the projected path.
+  g = _projected(grad, x)
+  d, direction = jax.vmap(_direction_tx().update)(g, state['direction'], x)
+  slope = jnp.sum(d * g, axis=axes)
+  lr0 = jnp.minimum(INCREASE_FACTOR * state['lr'], 1.0)
+  at = lambda lr: jnp.clip(x + _per_example(lr, x) * d, 0.0, 1.0)
+  trial = at(lr0)
+  value_t, grad_t = value_and_grad(trial)
+  error_t = _decrease_error(lr0, slope, value, value_t)
+  backtrack = active & (error_t > 0.0)
+
+  def search(_):
+    def cond(s):
+      return (s[0] <= MAX_BACKTRACKING_STEPS) & jnp.any(s[3])
+
+    def body(s):
+      k, lr, error, searching = s
+      lr = jnp.where(searching, DECREASE_FACTOR * lr, lr)
+      error = jnp.where(searching, _decrease_error(
+          lr, slope, value, per_example(at(lr))), error)
+      return k + 1, lr, error, searching & (error > 0.0)
+
+    _, lr, error, _ = jax.lax.while_loop(
+        cond, body, (1, lr0, error_t, backtrack))
+    lr = jnp.where(jnp.isinf(error), 0.0, lr)
+    x_new = at(lr)
+    value_new, grad_new = value_and_grad(x_new)
+    pick = lambda new, old: jnp.where(_per_example(backtrack, new), new, old)
+    return (pick(x_new, trial), pick(value_new, value_t),
+            pick(grad_new, grad_t), pick(lr, lr0))
+
+  x_new, value_new, grad_new, lr = jax.lax.cond(
+      jnp.any(backtrack), search, lambda _: (trial, value_t, grad_t, lr0),
+      None)
+  converged = jnp.max(jnp.abs(_projected(grad_new, x_new)),
+                      axis=axes) <= PGTOL
+  # A projected step that raises the objective is not taken.
+  keep = active & (value_new <= value)
+  take = lambda new, old, mask: jnp.where(_per_example(mask, new), new, old)
+  return {
+      'i': jnp.where(state['i'] < max_iterations, state['i'] + 1,
+                     state['i']),
+      'x': take(x_new, x, keep), 'value': take(value_new, value, keep),
+      'grad': take(grad_new, grad, keep),
+      'direction': jax.tree.map(lambda new, old: take(new, old, active),
+                                direction, state['direction']),
+      'lr': take(lr, state['lr'], active),
+      'done': state['done'] | (active & converged),
+      'best_l2': state['best_l2'], 'best_adv': state['best_adv']}
+
+
+def _finish_round(clf, x0, y, state, *, cleverhans):
+  """(found, best_l2, best_adv) after a round: its solution, if it succeeds
+  and is closer than the best so far."""
+  x_new = state['x']
+  if cleverhans:
+    success = core.cleverhans_success(clf, x_new, y, True)
+  else:
+    success = clf.predict(x_new) == y
+  l2 = jnp.sum(jnp.square(x_new - x0), axis=tuple(range(1, x0.ndim)))
+  best_l2, best_adv = core.keep_closest(success, x_new, l2, state['best_l2'],
+                                        state['best_adv'])
+  return success, best_l2, best_adv
+
+
+@functools.partial(jax.jit, static_argnames=(
+    'loss', 'binary_search_steps', 'max_iterations', 'cleverhans'))
+def _lbfgs(clf, x, y, rng, initial_const, *, loss, binary_search_steps,
+           max_iterations, cleverhans=False):
+  """The whole attack as one program (a while loop per search round)."""
+  del rng
 
   def search_round(const, best_l2, best_adv):
+    state = _round_state(clf, x, y, const, best_l2, best_adv, loss=loss)
+    state = jax.lax.while_loop(
+        lambda s: (s['i'] < max_iterations) & ~jnp.all(s['done']),
+        lambda s: _step(clf, x, y, const, s, loss=loss,
+                        max_iterations=max_iterations), state)
+    return _finish_round(clf, x, y, state, cleverhans=cleverhans)
 
-    def objective(x_new):
-      l2 = jnp.sum(jnp.square(x_new - x), axis=axes)
-      return jnp.sum(const * core.attack_loss(clf, x_new, y, loss) + l2)
+  best_adv = core.search_over_c(search_round, initial_const, x,
+                                binary_search_steps)
+  best_adv = jax.lax.stop_gradient(best_adv)
+  return best_adv, clf.predict(best_adv)
 
-    value_and_grad = jax.value_and_grad(objective)
-    on_box = lambda v: objective(jnp.clip(v, 0.0, 1.0))
 
-    def cond(state):
-      return jnp.logical_and(state[0] < max_iterations,
-                             jnp.logical_not(state[-1]))
+@functools.partial(jax.jit, static_argnames=_STATIC + ('steps',))
+def _chunk(clf, x, y, const, state, *, loss, max_iterations, steps):
+  """`steps` iterations of `_step`, unrolled (straight-line code)."""
+  for _ in range(steps):
+    state = _step(clf, x, y, const, state, loss=loss,
+                  max_iterations=max_iterations)
+  return state
 
-    def step(state):
-      i, x_cur, value, grad, opt_state, _ = state
-      # Pixels at a bound whose gradient points out of the box stay there;
-      # the line search runs on the projected path.
-      updates, opt_state = opt.update(
-          _projected(grad, x_cur), opt_state, x_cur, value=value,
-          grad=_projected(grad, x_cur), value_fn=on_box)
-      x_next = jnp.clip(optax.apply_updates(x_cur, updates), 0.0, 1.0)
-      value_next, grad_next = value_and_grad(x_next)
-      converged = jnp.max(jnp.abs(_projected(grad_next, x_next))) <= PGTOL
-      # A projected step that raises the objective is not taken.
-      keep = value_next <= value
-      x_next, value_next, grad_next = jax.tree.map(
-          lambda new, old: jnp.where(keep, new, old),
-          (x_next, value_next, grad_next), (x_cur, value, grad))
-      return i + 1, x_next, value_next, grad_next, opt_state, converged
 
-    value, grad = value_and_grad(x)
-    state = (0, x, value, grad, opt.init(x), jnp.asarray(False))
-    _, x_new, *_ = jax.lax.while_loop(cond, step, state)
-    if cleverhans:
-      success = core.cleverhans_success(clf, x_new, y, True)
-    else:
-      success = clf.predict(x_new) == y
-    l2 = jnp.sum(jnp.square(x_new - x), axis=axes)
-    best_l2, best_adv = core.keep_closest(success, x_new, l2, best_l2,
-                                          best_adv)
-    return success, best_l2, best_adv
+_round_state_jit = jax.jit(_round_state, static_argnames=('loss',))
+_finish_round_jit = jax.jit(_finish_round, static_argnames=('cleverhans',))
+_predict = jax.jit(lambda clf, x: clf.predict(x))
 
-  return core.search_over_c(search_round, initial_const, x,
-                            binary_search_steps)
+
+@jax.jit
+def _next_const(found, const, lower, upper):
+  """The search over c after a round (as `core.search_over_c`)."""
+  upper = jnp.where(found, jnp.minimum(upper, const), upper)
+  lower = jnp.where(found, lower, jnp.maximum(lower, const))
+  const = jnp.where(upper < 1e9, (lower + upper) / 2.0, const * 10.0)
+  return const, lower, upper
+
+
+def chunk_size(max_iterations: int) -> int:
+  """Iterations per unrolled chunk: the largest divisor of max_iterations
+  that is at most CHUNK."""
+  for k in range(min(CHUNK, max_iterations), 0, -1):
+    if max_iterations % k == 0:
+      return k
+  return 1
+
+
+def _lbfgs_chunked(clf, x, y, rng, initial_const, *, loss, binary_search_steps,
+                   max_iterations, cleverhans=False):
+  """The same attack driven from the host in chunks of unrolled iterations.
+
+  XLA:CPU runs convolutions ~4x slower inside a while loop than in
+  straight-line code (BENCHMARKS.md), so on the CPU each search round runs
+  as jitted chunks of `chunk_size` unrolled iterations, and stops once every
+  example has converged. Each example's computation is that of `_lbfgs`
+  (tested equal).
+  """
+  del rng
+  b = x.shape[0]
+  const = jnp.full((b,), initial_const, x.dtype)
+  lower = jnp.zeros((b,), x.dtype)
+  upper = jnp.full((b,), 1e10, x.dtype)
+  best_l2, best_adv = jnp.full((b,), jnp.inf, x.dtype), x
+  chunk = functools.partial(_chunk, loss=loss, max_iterations=max_iterations,
+                            steps=chunk_size(max_iterations))
+  for _ in range(binary_search_steps):
+    state = _round_state_jit(clf, x, y, const, best_l2, best_adv, loss=loss)
+    while True:
+      state = chunk(clf, x, y, const, state)
+      i, done = jax.device_get((state['i'], state['done']))
+      if i >= max_iterations or done.all():
+        break
+    found, best_l2, best_adv = _finish_round_jit(clf, x, y, state,
+                                                 cleverhans=cleverhans)
+    const, lower, upper = _next_const(found, const, lower, upper)
+  return best_adv, _predict(clf, best_adv)
+
+
+def _use_chunks() -> bool:
+  return jax.default_backend() == 'cpu' if CHUNKED is None else CHUNKED
 
 
 def lbfgs(clf, x, y, *, targeted=True, rng=None, initial_const=0.01,
@@ -143,7 +301,8 @@ def lbfgs(clf, x, y, *, targeted=True, rng=None, initial_const=0.01,
                     max_iterations=max_iterations, loss=loss,
                     semantics=semantics)
   x, y = core.check_inputs(clf, x, y, targeted=True)
-  fn = functools.partial(_lbfgs, loss=loss,
+  fn = functools.partial(_lbfgs_chunked if _use_chunks() else _lbfgs,
+                         loss=loss,
                          binary_search_steps=binary_search_steps,
                          max_iterations=max_iterations,
                          cleverhans=semantics == 'cleverhans')
