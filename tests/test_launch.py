@@ -21,10 +21,15 @@ def _launch(*args):
 
 # The runs whose paper grids were recomputed at the new cpu budget.
 V3_RUNS = ['results/cpu_v3/mnist_tanh_mse']
+V4_RUNS = (['results/cpu_v4/mnist_softmax_ce',
+            'results/cpu_v4/mnist_softmax_mse'] + V3_RUNS
+           + [f'results/cpu_v4/fashion_mnist_{p}'
+              for p in ('softmax_ce', 'softmax_mse', 'tanh_mse')])
 
 
 @pytest.mark.parametrize('runs, report', [
-    (MNIST_RUNS + FMNIST_RUNS, 'cpu'), (V3_RUNS, 'cpu_v3')])
+    (MNIST_RUNS + FMNIST_RUNS, 'cpu'), (V3_RUNS, 'cpu_v3'),
+    (V4_RUNS, 'cpu_v4')])
 def test_report_of_the_committed_results_is_the_committed_report(
     tmp_path, runs, report):
   # The report is a function of the result files: regenerating it from
