@@ -12,7 +12,8 @@ each (compilation excluded):
   foolbox 3.3.4's `L2CarliniWagnerAttack` on the same class scores;
 - DeepFool, L2, 10 candidates, overshoot 0.02, at most 50 steps: mlrobust's
   `deepfool` and foolbox's `L2DeepFoolAttack` (loss 'logits' on the class
-  scores);
+  scores), and foolbox's DeepFool also on mlrobust's scores (minus half the
+  squared distances), to tell a difference of scores from one of algorithm;
 - mlrobust's CW also as it ran before the host-driven chunks (one compiled
   while-loop program) and with chunks but without dropping finished examples,
   so the effect of each change is measured in the same process.
@@ -35,6 +36,7 @@ import numpy as np
 
 from mlrobust import attacks
 from mlrobust import data
+from mlrobust import heads
 from mlrobust import workdir as workdir_lib
 from mlrobust.attacks import cw
 
@@ -86,7 +88,7 @@ def main(argv):
     rows.append((name, wall, acc, l2))
     print(rows[-1], flush=True)
 
-  def theirs(name, attack):
+  def theirs(name, attack, model=model):
     if name in _SKIP.value:
       return
     (_, adv, _), wall = _timed(lambda: attack(model, xj, yj, epsilons=None))
@@ -118,6 +120,14 @@ def main(argv):
   df.CHUNKED = None
   theirs('foolbox L2DeepFoolAttack', fb.attacks.L2DeepFoolAttack(
       steps=50, candidates=10, overshoot=0.02, loss='logits'))
+  # foolbox's DeepFool on the scores mlrobust's linearises (minus half the
+  # squared distances; the same decisions as the class scores): tells a
+  # difference of scores from a difference of implementation.
+  squared = fb.JAXModel(jax.jit(lambda v: -0.5 * heads.squared_distances(
+      clf.outputs(v), clf.targets)), bounds=(0.0, 1.0))
+  theirs('foolbox L2DeepFoolAttack on mlrobust\'s scores',
+         fb.attacks.L2DeepFoolAttack(steps=50, candidates=10, overshoot=0.02,
+                                     loss='logits'), model=squared)
 
   print(f'\n# {config.data.name} {workdir_lib.run_label(config)} '
         f'({config.size}), {n} test images (clean accuracy {clean:.3f}), '
