@@ -303,6 +303,66 @@ def section(groups) -> list[str]:
   return lines
 
 
+def repeats_section(repeats) -> list[str]:
+  """Robust accuracy across trainings of one dataset and preset.
+
+  Args:
+    repeats: {(dataset, preset): [report.Run, ...]}, several trainings
+      (seeds, codebook keys) each; those with an adaptive evaluation count.
+  Returns:
+    Markdown lines (none if no dataset and preset has two evaluated runs):
+    per eps, each training's ensemble robust accuracy with its Wilson
+    interval, their mean and range, and the paper-style PGD's mean and range.
+  """
+  lines = []
+  for (dataset, preset), runs in repeats.items():
+    runs = [r for r in runs if r.adaptive]
+    if len(runs) < 2:
+      continue
+    tables = [curves(r.adaptive) for r in runs]
+    grid = sorted({eps for t in tables for eps in t})
+    name = paper_tables.PAPER_NAMES[preset]
+    if not lines:
+      lines = ['### Across trainings', '',
+               'The same model trained again (another seed or codebook key): '
+               'the ensemble\'s robust accuracy of each training, and the '
+               'spread across trainings next to the sampling interval of '
+               'each. "range": the smallest and largest value.', '']
+    members = [', '.join(r.adaptive['ensemble'][0]['members']) for r in runs]
+    lines += [f'**{dataset} {name}**, {len(runs)} trainings: ' + '; '.join(
+        f'{i + 1}: `{r.workdir}` (seed {r.seed}, '
+        f"{r.adaptive['num_examples']} images, fingerprint "
+        f"`{r.adaptive['ensemble'][0]['model_fingerprint']}`"
+        + (f'; members {m}' if len(set(members)) > 1 else '') + ')'
+        for i, (r, m) in enumerate(zip(runs, members))) + '\n',
+              '| eps | ' + ' | '.join(f'training {i + 1}'
+                                      for i in range(len(runs)))
+              + ' | ensemble: mean (range) | paper-style PGD: mean (range) |',
+              '|---|' + '---|' * (len(runs) + 2)]
+    for eps in grid:
+      cells, robust, pgd = [], [], []
+      for t in tables:
+        ens = t.get(eps, {}).get('ensemble')
+        cells.append(_interval(ens['robust_accuracy'], *ens['interval'])
+                     if ens else '–')
+        if ens:
+          robust.append(ens['robust_accuracy'])
+        if t.get(eps, {}).get('paper-style pgd') is not None:
+          pgd.append(t[eps]['paper-style pgd'])
+      lines.append(f'| {eps:g} | ' + ' | '.join(cells) +
+                   f' | {_spread(robust)} | {_spread(pgd)} |')
+    lines.append('')
+  return lines
+
+
+def _spread(values) -> str:
+  if not values:
+    return '–'
+  mean = sum(values) / len(values)
+  return (f'{mean:.3f} ({min(values):.3f}-{max(values):.3f}), '
+          f'{len(values)} trainings')
+
+
 def plot(dataset: str, runs, out_path: str) -> bool:
   """Robust accuracy against eps, one panel per run with adaptive results.
 

@@ -72,8 +72,18 @@ class Run:
         {c['model_fingerprint'] for c in self.cells
          if c.get('model_fingerprint')})
     self.size = config.get('size')
+    self.seed = config.get('seed')
     self.clean_accuracy = workdir_lib.clean_test_accuracy(workdir)
     self.num_test = config['data'].get('num_test') or 'all'
+
+  def fingerprint(self):
+    """The model fingerprint of the run's results (None if it has none)."""
+    for c in self.cells:
+      if c.get('model_fingerprint'):
+        return c['model_fingerprint']
+    if self.adaptive:
+      return self.adaptive['ensemble'][0]['model_fingerprint']
+    return None
 
   def _check_cells(self):
     """Refuses cells of another dataset, model or training of the run."""
@@ -138,15 +148,28 @@ def _ours(cell, key=None) -> str:
 
 
 def _group(runs):
-  """{dataset: {preset: Run}}; two runs of one dataset and preset: error."""
-  out = {}
+  """({dataset: {preset: Run}}, {(dataset, preset): [Run, ...]}).
+
+  The first run of a dataset and preset goes into the paper's tables; other
+  trainings of the same dataset and preset (another seed or codebook key:
+  another model fingerprint) are repeats, which the adaptive section
+  compares with it. The same training twice is an error.
+  """
+  out, repeats = {}, {}
   for r in runs:
     by_preset = out.setdefault(r.dataset, {})
     if r.preset in by_preset:
-      raise ValueError(f'two {r.preset} runs of {r.dataset}: '
-                       f'{by_preset[r.preset].workdir} and {r.workdir}')
+      seen = repeats.setdefault((r.dataset, r.preset), [by_preset[r.preset]])
+      fingerprint = r.fingerprint()
+      if fingerprint is None or fingerprint in {
+          o.fingerprint() for o in seen}:
+        raise ValueError(
+            f'two {r.preset} runs of {r.dataset} of the same training (or '
+            f'with no result to tell): {seen[0].workdir} and {r.workdir}')
+      seen.append(r)
+      continue
     by_preset[r.preset] = r
-  return out
+  return out, repeats
 
 
 def _paper_value(table, dataset, preset, attack, value):
@@ -420,7 +443,7 @@ def figures(dataset, runs, out_dir) -> list[str]:
 def render(workdirs, out_dir: str) -> str:
   """Writes report.md and the plots; returns the report's path."""
   runs = [Run(w) for w in workdirs]
-  groups = _group(runs)
+  groups, repeats = _group(runs)
   os.makedirs(out_dir, exist_ok=True)
   lines = ['# mlrobust evaluation report', '',
            'Each cell: ours [95% Wilson interval over its images] (paper). '
@@ -429,8 +452,11 @@ def render(workdirs, out_dir: str) -> str:
   for r in runs:
     adaptive = (f", adaptive evaluation on {r.adaptive['num_examples']} "
                 'images' if r.adaptive else '')
+    repeat = ('; a repeat training (seed '
+              f"{r.seed}), in the adaptive section's comparison only"
+              if groups[r.dataset][r.preset] is not r else '')
     lines.append(f'- {r.dataset} {r.preset} ({r.model}, size {r.size}): '
-                 f'`{r.workdir}`, {len(r.cells)} cells{adaptive}')
+                 f'`{r.workdir}`, {len(r.cells)} cells{adaptive}{repeat}')
   if any(d == 'cifar10_jpeg' for d in groups):
     lines.append('\n`cifar10_jpeg` (a JPEG copy of CIFAR-10) is compared with '
                  "the paper's CIFAR-10 numbers.")
@@ -444,6 +470,7 @@ def render(workdirs, out_dir: str) -> str:
   lines += ['## Table 7: targeted CWL2 vs CWL2-distance (success rate)', '']
   lines += table7(groups)
   lines += adaptive_report.section(groups)
+  lines += adaptive_report.repeats_section(repeats)
   lines += ['## Plots', '']
   for dataset, by_preset in groups.items():
     for t in ('table3', 'table5'):

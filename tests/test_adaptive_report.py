@@ -6,6 +6,7 @@ import os
 import re
 import shutil
 
+import numpy as np
 import pytest
 
 from mlrobust import report
@@ -161,3 +162,34 @@ def test_results_of_another_training_are_refused(tmp_path):
       "training \\['0123456789abcdef'\\], but the eval cells of .* are of "
       "\\['91ffd62f4b202f96'\\]")):
     report.render([workdir], str(tmp_path / 'r'))
+
+
+def test_trainings_of_one_preset_are_compared_across_trainings(tmp_path):
+  # Two MNIST tanh_mse trainings (different codebooks) of results/: the
+  # paper tables take the first, the adaptive section compares both.
+  second = os.path.join(ROOT, 'results', 'cpu_v3', 'mnist_tanh_mse')
+  path = report.render([RUN, second], str(tmp_path / 'report'))
+  text = open(path).read()
+  section = text[text.index('### Across trainings'):text.index('## Plots')]
+  rows = {line.split(' | ')[0][2:]: line.split(' | ')
+          for line in section.splitlines() if line.startswith('| 0.')}
+  for eps in ('0.01', '0.05', '0.1', '0.2'):
+    values = []
+    for i, run in enumerate((RUN, second)):
+      cell = json.load(open(os.path.join(
+          run, 'adaptive', f'ensemble_eps={eps}_n=300.json')))
+      low, high = cell['interval']
+      value = cell['robust_accuracy']
+      assert rows[eps][i + 1] == f'{value:.3f} [{low:.3f}, {high:.3f}]'
+      values.append(value)
+    assert rows[eps][3] == (f'{np.mean(values):.3f} ({min(values):.3f}-'
+                            f'{max(values):.3f}), 2 trainings')
+  # By hand, from the two files at eps 0.05: 0.257 and 0.543.
+  assert rows['0.05'][3] == '0.400 (0.257-0.543), 2 trainings'
+  assert 'members apgd-ce, apgd-t, pgd-margin)' in section
+  assert 'a repeat training (seed 0)' in text
+  # The same training twice is refused.
+  copy = str(tmp_path / 'copy')
+  shutil.copytree(second, copy)
+  with pytest.raises(ValueError, match='of the same training'):
+    report.render([second, copy], str(tmp_path / 'again'))
