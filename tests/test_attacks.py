@@ -1080,12 +1080,13 @@ def test_lbfgs_equals_optax_lbfgs_alone_and_its_chunks_the_while_loop(
   goal, const = jnp.asarray(t), jnp.full((b,), c)
 
   def batched(iterations):
-    state = lb._round_state(clf, jnp.asarray(x), goal, const,  # pylint: disable=protected-access
-                            jnp.full((b,), jnp.inf), jnp.asarray(x),
-                            loss='train')
+    state = lb._round_state_jit(clf, jnp.asarray(x), goal, const,  # pylint: disable=protected-access
+                                jnp.full((b,), jnp.inf), jnp.asarray(x),
+                                loss='train')
+    step = jax.jit(functools.partial(  # One compiled step, as in the attack.
+        lb._step, loss='train', max_iterations=iterations))  # pylint: disable=protected-access
     for _ in range(iterations):
-      state = lb._step(clf, jnp.asarray(x), goal, const, state,  # pylint: disable=protected-access
-                       loss='train', max_iterations=iterations)
+      state = step(clf, jnp.asarray(x), goal, const, state)
     return np.asarray(state['x'])
 
   def objective(v):
@@ -1097,10 +1098,11 @@ def test_lbfgs_equals_optax_lbfgs_alone_and_its_chunks_the_while_loop(
   np.testing.assert_allclose(batched(3), ref, atol=1e-5)
   assert np.abs(ref - x).max() > 0.01  # It moved.
   # Near the optimum, accept-or-halve decisions on values equal to the last
-  # bit go either way; the objective they reach is the same.
+  # bit go either way (compiled or not, 2e-4 apart at most, measured); the
+  # objective they reach is the same.
   ref = _optax_lbfgs_alone(clf, x, t, c, 20)
   whole = batched(20)
-  np.testing.assert_allclose(objective(whole), objective(ref), rtol=1e-4)
+  np.testing.assert_allclose(objective(whole), objective(ref), rtol=1e-3)
   # Backtracking on the few examples that need it, gathered into a batch of
   # 2 (and on the whole batch when more need it), computes the same.
   monkeypatch.setattr(lb, '_bucket', lambda b: 2)
