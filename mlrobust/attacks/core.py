@@ -281,6 +281,16 @@ def keep_closest(success, candidate, l2, best_l2, best_adv):
   return jnp.where(better, l2, best_l2), jnp.where(mask, candidate, best_adv)
 
 
+def next_const(found, const, lower, upper):
+  """(const, lower, upper) after a round of the search over c: success
+  lowers the upper end; failure raises the lower end, or multiplies c by 10
+  while no success bounds it (as in cleverhans)."""
+  upper = jnp.where(found, jnp.minimum(upper, const), upper)
+  lower = jnp.where(found, lower, jnp.maximum(lower, const))
+  const = jnp.where(upper < 1e9, (lower + upper) / 2.0, const * 10.0)
+  return const, lower, upper
+
+
 def search_over_c(round_fn: Callable, initial_const, x: jax.Array,
                   binary_search_steps: int) -> jax.Array:
   """Binary search over the constant c, per example (Carlini & Wagner 2017).
@@ -297,9 +307,7 @@ def search_over_c(round_fn: Callable, initial_const, x: jax.Array,
   def body(_, carry):
     const, lower, upper, best_l2, best_adv = carry
     found, best_l2, best_adv = round_fn(const, best_l2, best_adv)
-    upper = jnp.where(found, jnp.minimum(upper, const), upper)
-    lower = jnp.where(found, lower, jnp.maximum(lower, const))
-    const = jnp.where(upper < 1e9, (lower + upper) / 2.0, const * 10.0)
+    const, lower, upper = next_const(found, const, lower, upper)
     return const, lower, upper, best_l2, best_adv
 
   init = (jnp.full((b,), initial_const, x.dtype), jnp.zeros((b,), x.dtype),

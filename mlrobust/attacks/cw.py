@@ -190,6 +190,7 @@ def _chunk(clf, x, w0, y, const, state, confidence, learning_rate, *, margin,
 _round_state_jit = jax.jit(_round_state)
 _start_jit = jax.jit(_start)
 _predict = jax.jit(lambda clf, x: clf.predict(x))
+_next_const = jax.jit(core.next_const)
 
 
 def chunk_size(max_iterations: int) -> int:
@@ -251,9 +252,7 @@ def _cw_chunked(clf, x, y, rng, initial_const, confidence, learning_rate, *,
     full = _scatter(full, state, rows, n)
     found = full['found']
     best_l2, best_adv = full['best_l2'], full['best_adv']
-    upper = jnp.where(found, jnp.minimum(upper, const), upper)
-    lower = jnp.where(found, lower, jnp.maximum(lower, const))
-    const = jnp.where(upper < 1e9, (lower + upper) / 2.0, const * 10.0)
+    const, lower, upper = _next_const(found, const, lower, upper)
   return best_adv, _predict(clf, best_adv)
 
 

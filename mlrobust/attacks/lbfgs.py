@@ -154,7 +154,7 @@ def _step(clf, x0, y, const, state, *, loss, max_iterations):
   smaller batch when they are few (`_bucket`). Past `max_iterations` the
   step changes nothing, so chunks of steps may overrun the round's end.
   """
-  per_example, value_and_grad = _objective(clf, x0, y, const, loss)
+  _, value_and_grad = _objective(clf, x0, y, const, loss)
   x, value, grad = state['x'], state['value'], state['grad']
   active = ~state['done'] & (state['i'] < max_iterations)
   axes = tuple(range(1, x.ndim))
@@ -263,13 +263,7 @@ _finish_round_jit = jax.jit(_finish_round, static_argnames=('cleverhans',))
 _predict = jax.jit(lambda clf, x: clf.predict(x))
 
 
-@jax.jit
-def _next_const(found, const, lower, upper):
-  """The search over c after a round (as `core.search_over_c`)."""
-  upper = jnp.where(found, jnp.minimum(upper, const), upper)
-  lower = jnp.where(found, lower, jnp.maximum(lower, const))
-  const = jnp.where(upper < 1e9, (lower + upper) / 2.0, const * 10.0)
-  return const, lower, upper
+_next_const = jax.jit(core.next_const)
 
 
 def chunk_size(max_iterations: int) -> int:
