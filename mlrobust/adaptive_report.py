@@ -40,6 +40,14 @@ def _rate(value, name: str) -> float:
   return value
 
 
+def eps_label(eps: float) -> str:
+  """`eps` as the tables show it: 0.1, or 0.0313725 (8/255) for k/255."""
+  k = round(eps * 255)
+  if k and math.isclose(eps * 255, k) and f'{eps:g}' != f'{eps:.4g}':
+    return f'{eps:g} ({k}/255)'
+  return f'{eps:g}'
+
+
 def _check_common(record, n: int) -> None:
   if not isinstance(record, dict):
     raise TypeError('not a JSON object')
@@ -250,7 +258,7 @@ def run_lines(run) -> list[str]:
     cells.append(_interval(ens['robust_accuracy'], *ens['interval'])
                  if ens else '–')
     cells.append(_broken_by(ens) if ens else '–')
-    lines.append(f'| {eps:g} | ' + ' | '.join(cells) + ' |')
+    lines.append(f'| {eps_label(eps)} | ' + ' | '.join(cells) + ' |')
   records = result['ensemble']
   members = ' / '.join(dict.fromkeys(', '.join(r['members'])
                                      for r in records))
@@ -349,7 +357,7 @@ def repeats_section(repeats) -> list[str]:
           robust.append(ens['robust_accuracy'])
         if t.get(eps, {}).get('paper-style pgd') is not None:
           pgd.append(t[eps]['paper-style pgd'])
-      lines.append(f'| {eps:g} | ' + ' | '.join(cells) +
+      lines.append(f'| {eps_label(eps)} | ' + ' | '.join(cells) +
                    f' | {_spread(robust)} | {_spread(pgd)} |')
     lines.append('')
   return lines

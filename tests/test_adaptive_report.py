@@ -9,6 +9,7 @@ import shutil
 import numpy as np
 import pytest
 
+from mlrobust import adaptive_report
 from mlrobust import report
 from mlrobust import stats
 
@@ -26,6 +27,12 @@ def _copy(tmp_path):
   workdir = str(tmp_path / 'run')
   shutil.copytree(RUN, workdir)
   return workdir
+
+
+def test_eps_of_the_form_k_over_255_are_labelled_so():
+  assert adaptive_report.eps_label(8 / 255) == '0.0313725 (8/255)'
+  assert adaptive_report.eps_label(0.1) == '0.1'
+  assert adaptive_report.eps_label(0.2) == '0.2'  # 51/255, but a round eps.
 
 
 def test_the_section_shows_the_numbers_of_the_adaptive_files(tmp_path):

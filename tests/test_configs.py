@@ -24,6 +24,16 @@ def test_all_presets_validate(module, preset, size):
   assert config.preset == preset and config.size == size
 
 
+def test_cifar_adaptive_grid_has_the_papers_eps_and_k_over_255():
+  eps = cifar10.get_config('softmax_ce,cpu').adaptive.eps
+  assert list(eps) == sorted(eps)
+  assert {0.01, 0.05, 0.1, 0.2} <= set(eps)
+  assert [round(e * 255, 9) for e in eps if e not in (0.01, 0.05, 0.1, 0.2)
+          ] == [2, 4, 8, 16]
+  assert mnist.get_config('softmax_ce,cpu').adaptive.eps == (
+      0.01, 0.05, 0.1, 0.2)
+
+
 def test_defaults_are_paper_tanh_mse():
   config = mnist.get_config()
   assert (config.head.activation, config.head.targets, config.loss,
