@@ -19,10 +19,18 @@ ACTIVATIONS = {
     'identity': lambda logits: logits,
 }
 TARGETS = ('onehot', 'codebook')
+# 'bpda:<name>' is activation <name> in the forward pass and the identity in
+# the backward one (Athalye, Carlini & Wagner 2018's BPDA, with the identity
+# as the surrogate): an attack that differentiates through it is not stopped
+# by a saturated tanh or softmax. Attacks only; never a config value.
+BPDA_PREFIX = 'bpda:'
 
 
 def activate(name: str, logits: jax.Array) -> jax.Array:
   """Applies the head activation `name` to pre-activations [..., d]."""
+  if name.startswith(BPDA_PREFIX):
+    forward = activate(name[len(BPDA_PREFIX):], logits)
+    return logits + jax.lax.stop_gradient(forward - logits)
   try:
     fn = ACTIVATIONS[name]
   except KeyError:

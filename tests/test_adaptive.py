@@ -3,6 +3,7 @@
 import json
 import os
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -10,6 +11,7 @@ import pytest
 from mlrobust import adaptive
 from mlrobust import adaptive_run
 from mlrobust import classifier
+from mlrobust import heads
 from tests import conftest
 from tests import test_attacks
 
@@ -66,6 +68,51 @@ def test_checklist_passes_a_plain_model_and_fails_a_masked_one():
   assert numbers['square'] < 0.1 < 0.9 < numbers[
       'white-box (apgd-ce, apgd-t, pgd-margin)']
   assert acc[1] <= numbers['square']  # The ensemble includes Square.
+
+
+def test_bpda_activation_is_the_activation_forward_and_identity_backward():
+  z = jnp.array([[-30.0, -0.5, 0.0, 2.0, 40.0]])
+  for name in ('tanh', 'softmax'):
+    np.testing.assert_allclose(heads.activate('bpda:' + name, z),
+                               heads.activate(name, z), atol=1e-6)
+    weights = jnp.arange(5.0)
+    grad = jax.grad(lambda v, n=name: jnp.sum(
+        weights * heads.activate('bpda:' + n, v)))(z)
+    np.testing.assert_allclose(grad, weights[None])
+  with pytest.raises(ValueError, match='unknown head activation'):
+    heads.activate('bpda:relu', z)
+
+
+def test_bpda_member_breaks_a_saturated_tanh_head():
+  """A tanh head so saturated that its input gradient is zero: plain margin
+  PGD stalls, margin PGD through the BPDA surrogate breaks it as it breaks
+  the unsaturated model, and every verdict is the real model's."""
+  clf, x, y = test_attacks._trained_mlp()
+  x, y = x[:60], y[:60]
+
+  def saturated(p, x_):
+    z = clf.apply_fn(p, x_)
+    others = jnp.stack([jnp.max(jnp.delete(z, k, axis=1), axis=1)
+                        for k in range(3)], axis=1)
+    return 1000.0 * (z - others)  # > 0 only for the argmax class.
+
+  masked = classifier.from_function(saturated, 2 * jnp.eye(3) - 1,
+                                    params=clf.variables, activation='tanh')
+  np.testing.assert_array_equal(masked.predict(jnp.asarray(x)),
+                                clf.predict(jnp.asarray(x)))
+  eps = 0.3  # Margin PGD breaks every example of the unsaturated model.
+  unmasked = adaptive.ensemble(clf, x, y, eps, members=('pgd-margin',))
+  plain = adaptive.ensemble(masked, x, y, eps, members=('pgd-margin',))
+  bpda = adaptive.ensemble(masked, x, y, eps, members=('pgd-margin-bpda',))
+  clean = float(np.mean(np.asarray(masked.predict(jnp.asarray(x))) == y))
+  assert unmasked['robust_accuracy'] < 0.5 * clean
+  assert plain['robust_accuracy'] > 0.9 * clean
+  assert bpda['robust_accuracy'] <= unmasked['robust_accuracy'] + 0.05
+  adv_pred = np.asarray(masked.predict(jnp.asarray(bpda['adv'])))
+  survivors = np.array([b is None for b in bpda['broken_by']])
+  np.testing.assert_array_equal(adv_pred[survivors], y[survivors])
+  assert np.all(adv_pred[~survivors] != y[~survivors])
+  assert np.abs(bpda['adv'] - x).max() <= eps + 1e-6
 
 
 def test_adaptive_mode_writes_resumable_cells_and_the_checklist(trained):
