@@ -856,6 +856,55 @@ def test_square_breaks_a_trained_model_without_gradients():
   np.testing.assert_array_equal(still.prediction, clean)
 
 
+def _nested_squares(rows, cols):
+  """The paper's pseudo-Gaussian rectangle by hand: concentric rectangles of
+  half-width k = 0, 1, ... around (rows // 2, cols // 2), the k-th adding
+  1 / (k + 1)^2; unit norm."""
+  out = np.zeros((rows, cols))
+  for k in range(max(rows // 2, cols // 2) + 1):
+    r0, c0 = max(rows // 2 - k, 0), max(cols // 2 - k, 0)
+    out[r0:rows // 2 + k + 1, c0:cols // 2 + k + 1] += 1.0 / (k + 1)**2
+  return out / np.linalg.norm(out)
+
+
+@pytest.mark.parametrize('side', [3, 4, 5, 8])
+def test_square_l2_meta_pattern_is_two_opposite_nested_squares(side):
+  square = sys.modules['mlrobust.attacks.square']
+  grid = jnp.arange(side + 2) - 1  # One row and column outside on each side.
+  got = np.asarray(square._pyramid(grid[:, None], grid[None, :], side, 12))
+  expected = np.zeros((side + 2, side + 2))
+  top = side // 2
+  expected[1:1 + top, 1:-1] = _nested_squares(top, side)
+  expected[1 + top:-1, 1:-1] = -_nested_squares(side - top, side)
+  np.testing.assert_allclose(got, expected, atol=1e-6)
+
+
+def test_square_l2_stays_in_ball_and_box_and_breaks_without_gradients():
+  clf, x, y = _trained_mlp()
+  x, y = x[:100], y[:100]
+  x_copy = x.copy()
+  trapped = _gradient_trap(clf)
+  eps = 2.0
+  result = attacks.square(trapped, x, y, eps=eps, norm='l2', n_queries=1000)
+  np.testing.assert_array_equal(x, x_copy)
+  assert np.all(result.l2 <= eps * (1 + 1e-5))
+  np.testing.assert_allclose(result.l2, np.linalg.norm(
+      (result.adv - x).reshape(len(x), -1), axis=1), rtol=1e-5)
+  assert result.adv.min() >= 0 and result.adv.max() <= 1
+  assert np.mean(result.prediction == y) < 0.15  # Clean: 1.0.
+  np.testing.assert_array_equal(
+      result.prediction, np.asarray(clf.predict(jnp.asarray(result.adv))))
+  # The L2 ball of radius 2 holds far smaller Linf changes than 2.
+  assert np.median(result.linf) < 1.0
+  still = attacks.square(trapped, x, y, eps=0.0, norm='l2', n_queries=20)
+  np.testing.assert_array_equal(still.adv, x)
+  with pytest.raises(ValueError, match='unknown norm'):
+    attacks.square(clf, x, y, norm='l1')
+  # Result files record the p_init that ran (the paper's, per norm).
+  assert attacks.effective_params('square', {'norm': 'l2'})['p_init'] == 0.1
+  assert attacks.effective_params('square', {})['p_init'] == 0.8
+
+
 def test_square_window_schedule_is_the_papers():
   square = sys.modules['mlrobust.attacks.square']  # The module.
 
@@ -878,25 +927,27 @@ def test_square_window_schedule_is_the_papers():
   assert square.thresholds(10000)[0] == 11  # p halves after iteration 10.
 
 
-@pytest.mark.parametrize('n_queries', [1, 23])
-def test_square_in_host_driven_chunks_equals_the_while_loop(n_queries,
+@pytest.mark.parametrize('n_queries,norm', [(1, 'linf'), (23, 'linf'),
+                                            (23, 'l2')])
+def test_square_in_host_driven_chunks_equals_the_while_loop(n_queries, norm,
                                                             monkeypatch):
   square = sys.modules['mlrobust.attacks.square']
   monkeypatch.setattr(square, 'CHUNK', 10)  # 23: the last chunk overruns.
   clf = _codeword_linear()
   x = np.asarray(jax.random.uniform(jax.random.key(9), (12, *SHAPE)))
   y = np.asarray(clf.predict(jnp.asarray(x)))
+  eps = {'linf': 0.05, 'l2': 0.3}[norm]
   results = []
   for chunked in (False, True):
     monkeypatch.setattr(square, 'CHUNKED', chunked)
-    results.append(attacks.square(clf, x, y, eps=0.05, n_queries=n_queries,
-                                  rng=jax.random.key(1)))
+    results.append(attacks.square(clf, x, y, eps=eps, n_queries=n_queries,
+                                  norm=norm, rng=jax.random.key(1)))
   one, chunks = results
   np.testing.assert_allclose(chunks.adv, one.adv, atol=1e-6)
   np.testing.assert_array_equal(chunks.success, one.success)
   # One more query can change the result, so the count is exact.
-  more = attacks.square(clf, x, y, eps=0.05, n_queries=n_queries + 1,
-                        rng=jax.random.key(1))
+  more = attacks.square(clf, x, y, eps=eps, n_queries=n_queries + 1,
+                        norm=norm, rng=jax.random.key(1))
   assert not np.array_equal(more.adv, one.adv)
 
 

@@ -29,7 +29,8 @@ Attacks: fgsm, bim, mim, pgd (Linf, gradient family), lbfgs (targeted only),
 deepfool (untargeted only), cw_l2 and cw_l2_distance (L2). Parameter defaults
 are cleverhans v2.1's, as Saito & Roy used them (their Table 2). Not in the
 paper: apgd (Auto-PGD, Croce & Hein 2020; Linf, or L2 with norm='l2') and
-square (Linf, the score-based Square Attack, Andriushchenko et al. 2020;
+square (Linf, or L2 with norm='l2', the score-based Square Attack,
+Andriushchenko et al. 2020;
 untargeted only; it queries the class scores and never a gradient) and
 hop_skip_jump (Linf or L2, HopSkipJump, Chen et al. 2020; untargeted only;
 decision-based: it sees only the predicted class, as when the codebook is

@@ -24,6 +24,7 @@ from mlrobust.attacks.gradient import mim
 from mlrobust.attacks.gradient import pgd
 from mlrobust.attacks.hop_skip_jump import hop_skip_jump
 from mlrobust.attacks.lbfgs import lbfgs
+from mlrobust.attacks.square import P_INIT as SQUARE_P_INIT
 from mlrobust.attacks.square import square
 
 ATTACKS = {
@@ -102,6 +103,8 @@ def effective_params(name: str, params: dict) -> dict:
   out = {k: p.default for k, p in signature.parameters.items()
          if k in PARAM_FIELDS}
   out.update(params)
+  if name == 'square' and out['p_init'] is None:  # Its default is per norm.
+    out['p_init'] = SQUARE_P_INIT.get(out['norm'])
   return out
 
 
