@@ -203,7 +203,8 @@ def noise_is_weaker(clean, noise, attack) -> bool:
              for n, a in zip(noise, attack) if clean - min(n, a) >= 0.05)
 
 
-def checklist(clf, x, y, *, eps_grid, ensemble_accuracy, rng=None) -> list:
+def checklist(clf, x, y, *, eps_grid, ensemble_accuracy, rng=None,
+              proxy=None) -> list:
   """The masking checklist; each item: {'check', 'pass' (True, False or None
   for information), 'numbers', 'if it fails'}.
 
@@ -211,6 +212,10 @@ def checklist(clf, x, y, *, eps_grid, ensemble_accuracy, rng=None) -> list:
     clf, x, y: the model and test images with labels.
     eps_grid: the Linf budgets evaluated (ascending).
     ensemble_accuracy: the ensemble's robust accuracy at each eps.
+    rng: the key of the randomized attacks (None: key 0).
+    proxy: another trained classifier of the same task (e.g. the softmax_ce
+      proxy of Table 6), or None; given, white-box is held against transfer
+      from it.
   """
   rng = jax.random.key(0) if rng is None else rng
   x, y = np.asarray(x, np.float32), np.asarray(y, np.int32)
@@ -230,6 +235,20 @@ def checklist(clf, x, y, *, eps_grid, ensemble_accuracy, rng=None) -> list:
        {f'eps={e:g}': a for e, a in big.items()},
        'gradients do not lead anywhere (masking, or a bug): the smaller eps '
        'numbers are not evidence of robustness')
+  correct = np.asarray(clf.predict(jnp.asarray(x))) == y
+  rate, hit = None, np.zeros(0)
+  if correct.any():  # Else there is nothing to attack: information only.
+    fool = attacks.deepfool(clf, x[correct], y[correct])
+    rate = float(np.mean(fool.success))
+    hit = fool.l2[fool.success]
+  item('unbounded L2: DeepFool, without a budget, misclassifies >= 99% of '
+       'the correctly classified examples', None if rate is None else
+       rate >= 0.99,
+       {'success_rate': rate, 'examples': int(correct.sum()),
+        'median_l2': float(np.median(hit)) if hit.size else None},
+       'a minimal-perturbation attack without a budget fails: its '
+       'gradients lead nowhere (masking, or a bug); compare models by the '
+       'median L2 of the perturbations it found, not by an accuracy')
   rises = [(a, b) for a, b in zip(ensemble_accuracy, ensemble_accuracy[1:])
            if b > a + 1.0 / len(y)]
   item('monotone in budget', not rises,
@@ -282,6 +301,16 @@ def checklist(clf, x, y, *, eps_grid, ensemble_accuracy, rng=None) -> list:
          'an attack that never sees a gradient beats the gradient attacks: '
          'the gradients are masked or misleading (Carlini et al. 2019); '
          'trust only numbers of ensembles that include Square')
+    if proxy is not None:
+      crafted = attacks.apgd(proxy, x, y, eps=eps, loss='ce').adv
+      transfer = _accuracy(clf, crafted, y)
+      item("white-box >= transfer: the gradient members' accuracy <= that "
+           'of APGD-CE examples crafted on the proxy + 0.01',
+           white <= transfer + 0.01,
+           {f'eps={eps:g}': {'white-box (' + ', '.join(WHITE_BOX) + ')':
+                             white, 'transfer from the proxy': transfer}},
+           "another model's gradients fool this one better than its own: "
+           'its gradients are masked (Athalye et al. 2018)')
   health = gradient_health(clf, x, y)
   zero = [v for k, v in health.items() if k.startswith('zero')]
   item('gradient health (zero or non-finite input gradients < 5%)',

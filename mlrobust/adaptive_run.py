@@ -8,7 +8,9 @@ attacks the first `config.adaptive.num_examples` test images with the
 ensemble of `config.adaptive.members` (see `mlrobust.adaptive`) at each Linf
 eps of `config.adaptive.eps`, one resumable file per eps
 (`W/adaptive/ensemble_eps=<eps>_n=<n>.json`, reused only if computed on the
-same model and images), then runs the checklist and writes
+same model and images), then runs the checklist (given
+`config.eval.proxy_workdir`, a trained softmax_ce run of the same dataset,
+also white-box against transfer from it) and writes
 `W/adaptive/checklist_n=<n>.json`. Each file records what produced it (model
 fingerprint, checkpoint step, image digest, members). The folder is
 `config.adaptive.folder` ('adaptive', which the report reads): results of
@@ -26,6 +28,7 @@ import jax
 from mlrobust import adaptive
 from mlrobust import data
 from mlrobust import models
+from mlrobust import runner as runner_lib
 from mlrobust import workdir as workdir_lib
 
 
@@ -71,6 +74,10 @@ def _run(config, workdir):
           'model': models.label(config.model),
           'final_step': provenance['final_step'],
           'verified': provenance['verified'], 'num_examples': n}
+  proxy = runner_lib.load_proxy(config, workdir)
+  if proxy is not None:
+    meta['proxy_workdir'] = proxy[1]
+    meta['proxy_fingerprint'] = proxy[3]['model_fingerprint']
   rng = jax.random.key(a.seed)
   cells = []
   for i, eps in enumerate(a.eps):
@@ -97,7 +104,8 @@ def _run(config, workdir):
     cells.append(record)
   items = adaptive.checklist(
       clf, x, y, eps_grid=tuple(a.eps),
-      ensemble_accuracy=[c['robust_accuracy'] for c in cells], rng=rng)
+      ensemble_accuracy=[c['robust_accuracy'] for c in cells], rng=rng,
+      proxy=proxy and proxy[2])
   checklist_path = os.path.join(out_dir, f'checklist_n={n}.json')
   workdir_lib.write_json(checklist_path, {**meta, 'items': items})
   return {'dataset': dataset_name, 'preset': meta['preset'], 'cells': cells,

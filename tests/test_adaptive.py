@@ -12,6 +12,8 @@ from mlrobust import adaptive
 from mlrobust import adaptive_run
 from mlrobust import classifier
 from mlrobust import heads
+from mlrobust import train
+from mlrobust import workdir as workdir_lib
 from tests import conftest
 from tests import test_attacks
 
@@ -44,8 +46,12 @@ def test_checklist_passes_a_plain_model_and_fails_a_masked_one():
   grid = (0.05, 0.1)
   acc = [adaptive.ensemble(clf, x, y, e)['robust_accuracy'] for e in grid]
   plain = _checks(adaptive.checklist(clf, x, y, eps_grid=grid,
-                                     ensemble_accuracy=acc))
+                                     ensemble_accuracy=acc, proxy=clf))
   assert plain['unbounded budget']['pass']
+  assert plain['unbounded L2']['pass']
+  assert plain['unbounded L2']['numbers']['success_rate'] == 1.0
+  assert 0 < plain['unbounded L2']['numbers']['median_l2'] < 8  # sqrt(64).
+  assert plain['white-box >= transfer']['pass']
   assert plain['gradient health']['pass']
   assert plain['monotone in budget']['pass']
   assert plain['white-box >= black-box']['pass']
@@ -57,8 +63,13 @@ def test_checklist_passes_a_plain_model_and_fails_a_masked_one():
   grid = (0.1, 0.4)  # Square, which needs no gradient, breaks it at 0.4.
   acc = [adaptive.ensemble(masked, x, y, e)['robust_accuracy'] for e in grid]
   checks = _checks(adaptive.checklist(masked, x, y, eps_grid=grid,
-                                      ensemble_accuracy=acc))
+                                      ensemble_accuracy=acc, proxy=clf))
   assert not checks['unbounded budget']['pass']
+  assert not checks['unbounded L2']['pass']
+  # The unmasked twin's gradients transfer: white-box is weaker than that.
+  transfer = checks['white-box >= transfer']
+  assert not transfer['pass']
+  assert transfer['numbers']['eps=0.4']['transfer from the proxy'] < 0.1
   assert not checks['gradient health']['pass']
   assert checks['gradient health']['numbers'][
       'zero_or_nonfinite_gradient_ce'] > 0.9
@@ -146,6 +157,28 @@ def test_adaptive_mode_writes_resumable_cells_and_the_checklist(trained):
   assert os.path.exists(os.path.join(workdir, 'adaptive_apgd',
                                      'ensemble_eps=0.1_n=8.json'))
   assert alone['cells'][0]['members'] == ['apgd-ce']
+
+
+def test_adaptive_mode_holds_white_box_against_a_proxy(trained, mock_mnist,
+                                                       tmp_path):
+  config, workdir = trained
+  proxy_config = conftest.smoke_config('softmax_ce', mock_mnist,
+                                       **{'train.num_epochs': 1})
+  proxy_dir = str(tmp_path / 'proxy')
+  train.train_and_evaluate(proxy_config, proxy_dir)
+  config = config.copy_and_resolve_references()
+  config.eval.proxy_workdir = proxy_dir
+  config.adaptive.eps = (0.1,)
+  result = adaptive_run.run_adaptive(config, workdir)
+  checks = _checks(result['checklist'])
+  transfer = checks['white-box >= transfer']['numbers']['eps=0.1']
+  assert 0 <= transfer['transfer from the proxy'] <= 1
+  saved = json.load(open(os.path.join(workdir, 'adaptive',
+                                      'checklist_n=8.json')))
+  assert saved['proxy_workdir'] == proxy_dir
+  assert saved['proxy_fingerprint'] == workdir_lib.load_trained(
+      proxy_config, proxy_dir)[1]['model_fingerprint']
+  assert 'unbounded L2' in checks
 
 
 def test_bad_adaptive_config_fails_before_work(tmp_path):
