@@ -24,7 +24,12 @@ V3_RUNS = ['results/cpu_v3/mnist_tanh_mse']
 V4_RUNS = (['results/cpu_v4/mnist_softmax_ce',
             'results/cpu_v4/mnist_softmax_mse'] + V3_RUNS
            + [f'results/cpu_v4/fashion_mnist_{p}'
-              for p in ('softmax_ce', 'softmax_mse', 'tanh_mse')])
+              for p in ('softmax_ce', 'softmax_mse', 'tanh_mse')]
+           + ['results/cpu/mnist_tanh_mse_adaptive']
+           + [f'results/cpu_seeds/{d}_{p}_seed{s}'
+              for d in ('mnist', 'fashion_mnist') for p in (
+                  'softmax_ce', 'softmax_mse', 'tanh_mse') for s in (1, 2)
+              if (d, p, s) != ('mnist', 'tanh_mse', 2)])
 
 
 @pytest.mark.parametrize('runs, report', [
