@@ -9,7 +9,7 @@ reported as `cifar10_jpeg`:
   python launch.py --config=configs/cifar10.py:tanh_mse,cpu --workdir=W \
     --config.data.name=cifar10_jpeg --config.data.manual_dir=DIR
 
-(the `cpu` size here is a DenseNet-16 with growth 12, 20 epochs). The
+(the `cpu` size here is a DenseNet-16 with growth 12, 25 epochs). The
 adaptive evaluation (`--mode=adaptive`) runs at the paper's eps and at 2/255,
 4/255, 8/255 and 16/255.
 
@@ -33,8 +33,9 @@ def get_config(arg=None):
   if c.size == 'cpu':
     # DenseNet-16, growth 12, stride-2 stem (128k parameters): the MNIST cpu
     # model (DenseNet-13, growth 8) is too small for 0.80 on CIFAR. On two
-    # CPU cores ~500 images/s, so 20 epochs take ~35-45 min (README).
+    # CPU cores ~500-600 images/s; 20 epochs left both MSE heads at 0.79, so
+    # 25 (README: accuracy and wall time).
     c.model.depth = 16
     c.model.growth_rate = 12
-    c.train.num_epochs = 20
+    c.train.num_epochs = 25
   return c
