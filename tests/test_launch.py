@@ -11,6 +11,8 @@ MNIST_RUNS = [f'results/cpu/mnist_{p}'
               for p in ('softmax_ce', 'softmax_mse', 'tanh_mse')]
 FMNIST_RUNS = [f'results/cpu/fashion_mnist_{p}'
                for p in ('softmax_ce', 'softmax_mse', 'tanh_mse')]
+CIFAR_RUNS = [f'results/cpu/cifar10_jpeg_{p}'
+              for p in ('softmax_ce', 'softmax_mse', 'tanh_mse')]
 
 
 def _launch(*args):
@@ -49,7 +51,7 @@ def test_report_of_the_committed_results_is_the_committed_report(
 
 
 def test_figure4_of_the_committed_results_is_the_committed_table(tmp_path):
-  runs = [r for r in MNIST_RUNS + FMNIST_RUNS if 'tanh' not in r]
+  runs = [r for r in MNIST_RUNS + FMNIST_RUNS + CIFAR_RUNS if 'tanh' not in r]
   out = tmp_path / 'figure4_cpu.png'
   result = _launch('--mode=figure4', f'--workdirs={",".join(runs)}',
                    f'--out={out}')
