@@ -43,7 +43,8 @@ def _rate(value, name: str) -> float:
 def eps_label(eps: float) -> str:
   """`eps` as the tables show it: 0.1, or 0.0313725 (8/255) for k/255."""
   k = round(eps * 255)
-  if k and math.isclose(eps * 255, k) and f'{eps:g}' != f'{eps:.4g}':
+  if (k and math.isclose(eps * 255, k, rel_tol=1e-5)
+      and f'{eps:g}' != f'{eps:.4g}'):
     return f'{eps:g} ({k}/255)'
   return f'{eps:g}'
 
@@ -66,7 +67,8 @@ def _check_common(record, n: int) -> None:
 def _check_ensemble(record, eps: float, n: int) -> None:
   """Raises KeyError, TypeError or ValueError unless an ensemble result."""
   _check_common(record, n)
-  if not math.isclose(record['eps'], eps):
+  # The file name holds eps to 6 significant digits (`:g`), e.g. 8/255.
+  if not math.isclose(record['eps'], eps, rel_tol=1e-5):
     raise ValueError(f"eps {record['eps']!r}, but the file name says {eps:g}")
   accuracy = _rate(record['robust_accuracy'], 'robust_accuracy')
   _rate(record['clean_accuracy'], 'clean_accuracy')
@@ -217,18 +219,24 @@ def _cell(text: str) -> str:
   return text.replace('|', '\\|')
 
 
+def _eps_key(eps: float) -> float:
+  # The checklist keys its eps as 'eps=<eps:g>' (6 significant digits), the
+  # ensemble records hold them in full: 8/255 is one row.
+  return float(f'{eps:g}')
+
+
 def curves(result) -> dict:
   """{eps: {'ensemble': record or None, column key: accuracy or None}}."""
   by_eps = {}
   for r in result['ensemble']:
-    by_eps.setdefault(round(r['eps'], 9), {})['ensemble'] = r
+    by_eps.setdefault(_eps_key(r['eps']), {})['ensemble'] = r
   checklist = result['checklist']
   if checklist is not None:
     grid = checklist_grid(checklist)
     for key, _ in _COLUMNS:
       values = _numbers(checklist, key)
       for eps, v in zip(grid, values or ()):
-        by_eps.setdefault(round(eps, 9), {})[key] = v
+        by_eps.setdefault(_eps_key(eps), {})[key] = v
   return dict(sorted(by_eps.items()))
 
 

@@ -35,6 +35,21 @@ def test_eps_of_the_form_k_over_255_are_labelled_so():
   assert adaptive_report.eps_label(0.2) == '0.2'  # 51/255, but a round eps.
 
 
+def test_eps_of_the_form_k_over_255_are_read_back_from_their_file_names(
+    tmp_path):
+  # The committed cifar10_jpeg run: ensemble_eps=0.00784314_n=300.json holds
+  # eps 2/255 to full precision.
+  run = os.path.join(ROOT, 'results', 'cpu', 'cifar10_jpeg_tanh_mse')
+  text = open(report.render([run], str(tmp_path / 'report'))).read()
+  rows = [line for line in _section(text).splitlines()
+          if line.startswith('| 0.')]
+  # One full row per eps: the checklist's numbers and the ensemble's.
+  assert len(rows) == 8 and not any('| – |' in row for row in rows)
+  for k in (2, 4, 8, 16):
+    label = f'| {k / 255:g} ({k}/255) |'
+    assert sum(row.startswith(label) for row in rows) == 1
+
+
 def test_the_section_shows_the_numbers_of_the_adaptive_files(tmp_path):
   out = str(tmp_path / 'report')
   path = report.render([RUN], out)
