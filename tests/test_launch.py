@@ -31,7 +31,8 @@ V4_RUNS = (['results/cpu_v4/mnist_softmax_ce',
            + [f'results/cpu_seeds/{d}_{p}_seed{s}'
               for d in ('mnist', 'fashion_mnist') for p in (
                   'softmax_ce', 'softmax_mse', 'tanh_mse') for s in (1, 2)
-              if (d, p, s) != ('mnist', 'tanh_mse', 2)])
+              if (d, p, s) != ('mnist', 'tanh_mse', 2)]
+           + CIFAR_RUNS)
 
 
 @pytest.mark.parametrize('runs, report', [
